@@ -1,0 +1,54 @@
+# The interface: CI calls the same targets a person does.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ROWS ?= 200000
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-fast lint images base-image wheelhouse podman bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(BIN)/batchline: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+setup: $(BIN)/batchline  ## create .venv with batchline and its dev tools
+
+demo: setup  ## generate ROWS rows of demo data and run the pipeline locally
+	$(BIN)/batchline demo-data --rows $(ROWS) --out demo-data
+	$(BIN)/batchline run jobs/readmission.yaml --storage batchline-data \
+	  --set stages.ingest.params.source=demo-data/encounters.csv
+
+test: setup  ## run every test, slow end-to-end ones included
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: setup  ## unit tests only
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup  ## ruff, mypy, hadolint
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+	$(BIN)/hadolint images/*/Dockerfile
+
+podman:  ## install and configure podman (Debian; root)
+	bash images/setup-podman.sh
+
+base-image:  ## air-gapped Debian base image from Debian packages (debootstrap)
+	bash images/build-base.sh
+
+wheelhouse: setup  ## wheels for the images, built on the host
+	bash images/build-wheelhouse.sh $(BIN)/pip
+
+images: wheelhouse  ## build every stage image (docker or podman)
+	bash images/build-images.sh
+
+bench: setup  ## benchmarks against their baselines; writes bench/results.md
+	$(BIN)/python bench/run.py
+
+clean:  ## remove generated data and build output
+	rm -rf batchline-data demo-data build

@@ -1,0 +1,57 @@
+"""One error tree for the whole project, wrapped at each boundary.
+
+Every message says what went wrong *and* what to do about it; the CLI prints
+the message alone (no traceback) and exits with the error's exit code.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batchline.task import Cause
+
+EXIT_OK = 0
+EXIT_RETRYABLE = 1
+EXIT_BAD_INPUT = 2
+EXIT_OOM = 137
+
+
+class BatchlineError(Exception):
+    """Base of every error batchline raises on purpose."""
+
+    exit_code = EXIT_RETRYABLE
+
+
+class SpecError(BatchlineError):
+    """The pipeline spec or a command-line option is wrong; nothing ran."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class DataError(BatchlineError):
+    """Input data is malformed; retrying will not help."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class StorageError(BatchlineError):
+    """A storage URI is invalid or a dataset is missing or uncommitted."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class BackendError(BatchlineError):
+    """A backend could not submit, watch or cancel a stage."""
+
+
+class StageFailed(BatchlineError):
+    """A stage ended without committing its outputs."""
+
+    def __init__(self, stage: str, cause: Cause, message: str, exit_code: int | None = None,
+                 log_tail: str = "") -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.cause = cause
+        self.stage_exit_code = exit_code
+        self.log_tail = log_tail

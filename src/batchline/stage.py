@@ -1,0 +1,69 @@
+"""The one entrypoint every image and every backend runs.
+
+    python -m batchline.stage <ingest|features|train|score> --task <uri>
+
+Exit codes: 0 success, 2 bad input or config (never retried), 1 any other
+error (retryable), 137 out of memory. The last line on stderr is a JSON
+summary the backends may parse; everything before it is the stage's log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import time
+
+from batchline import STAGES
+from batchline.errors import EXIT_BAD_INPUT, EXIT_OOM, EXIT_RETRYABLE, BatchlineError
+from batchline.storage import read_text
+from batchline.task import StageTask
+
+log = logging.getLogger("batchline.stage")
+
+
+def run_task(task: StageTask) -> dict[str, object]:
+    """Run one stage task in this process; returns the stage's summary."""
+    module = importlib.import_module(f"batchline.stages.{task.stage}")
+    summary: dict[str, object] = module.run(task)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m batchline.stage")
+    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("--task", required=True, help="URI of the task JSON written by the launcher")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.monotonic()
+    try:
+        task = StageTask.from_json(read_text(args.task))
+        if task.stage != args.stage:
+            raise BatchlineError(f"task {args.task} is for stage {task.stage!r}, "
+                                 f"not {args.stage!r}")
+        log.info("stage %s: starting (run %s, attempt %d, shard %d/%d)", task.stage, task.run_id,
+                 task.attempt, task.shard_index, task.shard_count)
+        summary = run_task(task)
+    except BatchlineError as exc:
+        log.error("stage %s: %s", args.stage, exc)
+        print(json.dumps({"ok": False, "error": str(exc)}), file=sys.stderr)
+        return exc.exit_code
+    except MemoryError:
+        log.error("stage %s: out of memory", args.stage)
+        return EXIT_OOM
+    except Exception:
+        log.exception("stage %s: unexpected error", args.stage)
+        return EXIT_RETRYABLE
+    except SystemExit as exc:  # argparse inside stage code, or explicit exits
+        return int(exc.code or 0)
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    log.info("stage %s: committed %s", args.stage, json.dumps(summary, sort_keys=True))
+    print(json.dumps({"ok": True, **summary}, sort_keys=True), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

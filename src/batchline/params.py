@@ -39,12 +39,22 @@ class IngestParams(_Params):
 
 
 class FeaturesParams(_Params):
-    history_days: int = Field(365, ge=1, le=3650)
-    duckdb_memory_limit: str = "1GB"
-    duckdb_threads: int = Field(2, ge=1, le=64)
+    """Feature SQL over the ingested table, which the query sees as `encounters`."""
+
+    sql: str = Field(min_length=1, description="one DuckDB SELECT over `encounters`")
+    order_by: str = Field("encounter_id", description="column that makes the output order "
+                          "deterministic (equal reruns give equal bytes)")
+    memory_limit: str = Field("1GB", pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
+    threads: int = Field(2, ge=1, le=64)
 
 
 class TrainParams(_Params):
+    """Which columns mean what, and LightGBM's knobs."""
+
+    label: str
+    time_column: str = Field(description="orders rows for the time-based validation split")
+    exclude: list[str] = Field(default_factory=list, description="ids and other non-features")
+    categorical: list[str] = Field(default_factory=list)
     num_leaves: int = Field(31, ge=2, le=131072)
     learning_rate: float = Field(0.05, gt=0.0, le=1.0)
     num_boost_round: int = Field(500, ge=1, le=100_000)
@@ -59,6 +69,9 @@ class TrainParams(_Params):
 
 
 class ScoreParams(_Params):
+    """The population is every row of the features table whose label is empty."""
+
+    id_columns: list[str] = Field(min_length=1)
     batch_rows: int = Field(100_000, ge=1_000)
     num_threads: int = Field(2, ge=1, le=256)
 

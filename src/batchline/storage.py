@@ -33,7 +33,7 @@ from batchline.errors import StorageError
 
 SUCCESS = "_SUCCESS.json"
 ROWS_PER_FILE = 1_000_000
-_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._=-]*$")
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:

@@ -1,0 +1,44 @@
+"""Model quality metrics over NumPy arrays, with no heavy dependency."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve by ranks (Mann-Whitney U), ties counted half."""
+    y = np.asarray(y).astype(bool)
+    score = np.asarray(score, dtype=np.float64)
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    _, first, counts = np.unique(score[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(score), dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts - 1) / 2.0 + 1, counts)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-12) -> float:
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    y = np.asarray(y, dtype=np.float64)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, object]:
+    """Reliability by equal-count bins and the expected calibration error."""
+    order = np.argsort(p, kind="mergesort")
+    y_sorted = np.asarray(y, dtype=np.float64)[order]
+    p_sorted = np.asarray(p, dtype=np.float64)[order]
+    table = []
+    ece = 0.0
+    for chunk_y, chunk_p in zip(np.array_split(y_sorted, bins), np.array_split(p_sorted, bins),
+                                strict=True):
+        if len(chunk_y) == 0:
+            continue
+        mean_p, mean_y = float(chunk_p.mean()), float(chunk_y.mean())
+        table.append({"n": len(chunk_y), "predicted": round(mean_p, 5),
+                      "observed": round(mean_y, 5)})
+        ece += len(chunk_y) / len(y_sorted) * abs(mean_p - mean_y)
+    return {"ece": round(ece, 5), "bins": table}

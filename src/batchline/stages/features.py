@@ -1,0 +1,85 @@
+"""features: the pipeline's feature SQL, run by DuckDB over the ingested Arrow data.
+
+The committed `encounters` dataset is handed to DuckDB as a pyarrow dataset
+(DuckDB scans Arrow directly, through pyarrow's own S3 filesystem when the
+data is remote), so no DuckDB extension is ever downloaded. The query result
+is streamed out in record batches into the committed `features` dataset.
+DuckDB spills to the task's temporary folder under its memory limit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from batchline import storage
+from batchline.errors import DataError, SpecError
+from batchline.params import FeaturesParams
+from batchline.task import StageTask
+
+log = logging.getLogger(__name__)
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+BATCH_ROWS = 200_000
+
+
+def connect(params: FeaturesParams) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection that can read only what we register, and never downloads."""
+    tmp = os.path.join(tempfile.gettempdir(), "batchline-duckdb")
+    return duckdb.connect(config={
+        "memory_limit": params.memory_limit,
+        "threads": params.threads,
+        "temp_directory": tmp,
+        "autoinstall_known_extensions": False,
+        "autoload_known_extensions": False,
+    })
+
+
+def feature_reader(con: duckdb.DuckDBPyConnection, encounters: Any,
+                   params: FeaturesParams) -> pa.RecordBatchReader:
+    """Run the feature SQL over `encounters` (any Arrow-scannable object), streamed."""
+    if not _IDENT.match(params.order_by):
+        raise SpecError(f"stages.features.params.order_by: {params.order_by!r} is not a column "
+                        "name")
+    con.register("encounters", encounters)
+    # User SQL must not read files or the network on its own: everything it
+    # sees is registered above.
+    con.execute("SET enable_external_access = false")
+    query = f"SELECT * FROM ({params.sql}) AS features ORDER BY {params.order_by}"  # noqa: S608
+    try:
+        return con.sql(query).to_arrow_reader(BATCH_ROWS)
+    except duckdb.OutOfMemoryException as exc:
+        raise MemoryError(str(exc)) from exc
+    except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as exc:
+        raise SpecError(f"stages.features.params.sql: {exc}") from None
+    except duckdb.ConversionException as exc:
+        raise DataError(f"features: the data does not fit the feature SQL: {exc}") from None
+
+
+def run(task: StageTask) -> dict[str, Any]:
+    """Compute features for every encounter; commit the `features` dataset."""
+    params = FeaturesParams(**task.params)
+    encounters = storage.open_dataset(task.inputs["encounters"])
+    con = connect(params)
+    try:
+        reader = feature_reader(con, encounters, params)
+        with storage.DatasetWriter(task.outputs["features"]) as out:
+            try:
+                for batch in reader:
+                    out.write(batch)
+            except duckdb.OutOfMemoryException as exc:
+                raise MemoryError(str(exc)) from exc
+            if out.schema is None:
+                out.schema = reader.schema
+            record = out.commit({"columns": len(out.schema)},
+                                {"run_id": task.run_id, "stage": task.stage,
+                                 "cache_key": task.cache_key})
+    finally:
+        con.close()
+    log.info("features: %d rows, %d columns", record.rows, len(record.schema))
+    return {"rows": record.rows}

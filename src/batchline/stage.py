@@ -10,9 +10,11 @@ summary the backends may parse; everything before it is the stage's log.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
+import os
 import sys
 import time
 
@@ -31,16 +33,37 @@ def run_task(task: StageTask) -> dict[str, object]:
     return summary
 
 
+def load_task(ref: str) -> StageTask:
+    """Read the task from a storage URI, or from an environment variable.
+
+    `env:NAME` lets a Job rendered for kubectl carry its task inline. When
+    BATCHLINE_SHARD_FROM_ENV names a variable (JOB_COMPLETION_INDEX in an
+    Indexed Job), the shard index comes from it.
+    """
+    if ref.startswith("env:"):
+        name = ref[len("env:"):]
+        if name not in os.environ:
+            raise BatchlineError(f"--task {ref}: environment variable {name} is not set")
+        task = StageTask.from_json(os.environ[name])
+    else:
+        task = StageTask.from_json(read_text(ref))
+    index_var = os.environ.get("BATCHLINE_SHARD_FROM_ENV")
+    if index_var and index_var in os.environ:
+        task = dataclasses.replace(task, shard_index=int(os.environ[index_var]))
+    return task
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchline.stage")
     parser.add_argument("stage", choices=STAGES)
-    parser.add_argument("--task", required=True, help="URI of the task JSON written by the launcher")
+    parser.add_argument("--task", required=True,
+                        help="URI of the task JSON written by the launcher, or env:NAME")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     try:
-        task = StageTask.from_json(read_text(args.task))
+        task = load_task(args.task)
         if task.stage != args.stage:
             raise BatchlineError(f"task {args.task} is for stage {task.stage!r}, "
                                  f"not {args.stage!r}")

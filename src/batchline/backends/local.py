@@ -1,0 +1,96 @@
+"""Local backend: each stage in its own subprocess, the very command images run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from batchline import layout, storage
+from batchline.backends.base import Handle, OnEvent
+from batchline.task import Cause, StageResult, StageTask
+
+log = logging.getLogger(__name__)
+LOG_TAIL_LINES = 20
+
+
+def stage_command(task: StageTask) -> list[str]:
+    return [sys.executable, "-m", "batchline.stage", task.stage, "--task", task.task_uri]
+
+
+def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+class LocalBackend:
+    """Runs stages as child processes of the launcher (development and CI)."""
+
+    name = "local"
+    fans_out_shards = False
+
+    def __init__(self, poll_seconds: float = 0.05) -> None:
+        self.poll_seconds = poll_seconds
+        self._logdir = Path(tempfile.mkdtemp(prefix="batchline-local-"))
+
+    def submit(self, task: StageTask) -> Handle:
+        logfile = self._logdir / f"{task.name}-a{task.attempt}.log"
+        with open(logfile, "wb") as sink:
+            # A new session, so cancel can signal the stage and anything it started.
+            proc = subprocess.Popen(stage_command(task), stdout=sink, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.info("stage %s: running locally as pid %d", task.stage, proc.pid)
+        return Handle(task, str(proc.pid), {"proc": proc, "logfile": logfile})
+
+    def wait(self, handle: Handle, on_event: OnEvent | None = None) -> StageResult:
+        proc: subprocess.Popen[bytes] = handle.extra["proc"]
+        if on_event:
+            on_event(handle.task, "running")
+        while proc.poll() is None:
+            time.sleep(self.poll_seconds)
+        text = self.logs(handle)
+        task = handle.task
+        shard = task.shard_index if task.shard_count > 1 else None
+        storage.write_text(layout.log_uri(task.storage_root, task.run_id, task.stage,
+                                          task.attempt, shard), text)
+        code = proc.returncode
+        if code < 0:  # killed by a signal: report it as the shell would
+            code = 128 - code
+        cause = Cause.CANCELLED if handle.extra.get("cancelled") else Cause.from_exit_code(code)
+        if cause is Cause.OUT_OF_MEMORY and code == 137 and "out of memory" not in text:
+            # SIGKILL from outside (a person, a test) is not memory pressure.
+            cause = Cause.USER_ERROR
+        return StageResult(task.stage, cause, code, _last_error(text), log_tail(text),
+                           handle.ref)
+
+    def logs(self, handle: Handle) -> str:
+        path: Path = handle.extra["logfile"]
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def cancel(self, handle: Handle) -> None:
+        proc: subprocess.Popen[bytes] = handle.extra["proc"]
+        if proc.poll() is not None:
+            return
+        handle.extra["cancelled"] = True
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _last_error(text: str) -> str:
+    """The error the stage entrypoint summarised on its last line, if any."""
+    for line in reversed(text.splitlines()[-5:]):
+        if line.startswith("{"):
+            try:
+                return str(json.loads(line).get("error", ""))
+            except ValueError:
+                return ""
+    return ""

@@ -1,0 +1,113 @@
+"""Cache keys: what a stage's outputs depend on, and where earlier commits are.
+
+A stage's key hashes its image (or the local interpreter), the version of the
+code that computes it, its params and shard count, and the fingerprints of
+its inputs (upstream datasets' checksums; the raw source files' sizes and
+modification times). Equal keys mean equal outputs, so a committed dataset
+with the same key is reused instead of recomputed. The parts are kept beside
+the key so that `batchline explain` can say which one changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from batchline import layout, storage
+from batchline.errors import DataError, StorageError
+
+# The modules whose code decides what a stage writes. Launcher, CLI and
+# backends are left out on purpose: changing them must not invalidate data.
+_CODE = ("stage.py", "storage.py", "params.py", "metrics.py", "task.py", "stages")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of the source files that compute stage outputs."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in _CODE:
+        path = root / name
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            digest.update(f.relative_to(root).as_posix().encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def source_fingerprint(source: str) -> str:
+    """Names, sizes and modification times of the raw files (cheap: no reading)."""
+    fs, path = storage.resolve(source)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise DataError(f"source {source} does not exist; check stages.ingest.params.source")
+    infos = [info] if info.type == pafs.FileType.File else \
+        fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    digest = hashlib.sha256()
+    for i in sorted(infos, key=lambda i: i.path):
+        if i.type == pafs.FileType.File:
+            digest.update(f"{i.path}|{i.size}|{i.mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def key_of(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def explain_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """One line saying what differs between two sets of key parts."""
+    if old is None:
+        return "no earlier run of this pipeline to compare with"
+    changes = []
+    for field in ("image", "code_version", "shards"):
+        if old.get(field) != new.get(field):
+            changes.append(f"{field.replace('_', ' ')} changed ({old.get(field)} -> "
+                           f"{new.get(field)})")
+    old_params, new_params = old.get("params", {}), new.get("params", {})
+    for key in sorted(set(old_params) | set(new_params)):
+        if old_params.get(key) != new_params.get(key):
+            before, after = _short(old_params.get(key)), _short(new_params.get(key))
+            changes.append(f"param {key} changed ({before} -> {after})")
+    old_inputs, new_inputs = old.get("inputs", {}), new.get("inputs", {})
+    for key in sorted(set(old_inputs) | set(new_inputs)):
+        if old_inputs.get(key) != new_inputs.get(key):
+            changes.append(f"input {key} changed")
+    return "; ".join(changes) if changes else "nothing changed since the last run"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def lookup(root: str, run_id: str, stage: str, key: str) -> dict[str, Any] | None:
+    """Committed outputs of `stage` with this key: this run's own first, then any run's."""
+    own = {out: layout.output_uri(root, run_id, stage, out) for out in layout.OUTPUTS[stage]}
+    if _all_committed(own, key):
+        return {"run_id": run_id, "outputs": own}
+    try:
+        entry: dict[str, Any] = json.loads(storage.read_text(layout.cache_uri(root, stage, key)))
+    except (StorageError, ValueError):
+        return None
+    return entry if _all_committed(entry.get("outputs", {}), key) else None
+
+
+def _all_committed(outputs: dict[str, str], key: str) -> bool:
+    if not outputs:
+        return False
+    for uri in outputs.values():
+        record = storage.read_success(uri)
+        if record is None or record.meta.get("cache_key") != key:
+            return False
+    return True
+
+
+def remember(root: str, stage: str, key: str, run_id: str, outputs: dict[str, str]) -> None:
+    """Point the key at the run that committed it, for later runs to reuse."""
+    storage.write_text(layout.cache_uri(root, stage, key),
+                       json.dumps({"run_id": run_id, "outputs": outputs}, sort_keys=True))

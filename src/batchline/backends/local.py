@@ -41,9 +41,10 @@ class LocalBackend:
     def submit(self, task: StageTask) -> Handle:
         logfile = self._logdir / f"{task.name}-a{task.attempt}.log"
         with open(logfile, "wb") as sink:
-            # A new session, so cancel can signal the stage and anything it started.
+            # Same process group as the launcher: Ctrl-C, or a kill of the
+            # launcher's group, reaches the stage too instead of orphaning it.
             proc = subprocess.Popen(stage_command(task), stdout=sink, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    stdin=subprocess.DEVNULL,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.info("stage %s: running locally as pid %d", task.stage, proc.pid)
         return Handle(task, str(proc.pid), {"proc": proc, "logfile": logfile})
@@ -78,11 +79,11 @@ class LocalBackend:
         if proc.poll() is not None:
             return
         handle.extra["cancelled"] = True
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
 
 
 def _last_error(text: str) -> str:

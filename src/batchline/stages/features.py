@@ -55,7 +55,8 @@ def feature_reader(con: duckdb.DuckDBPyConnection, encounters: Any,
         return con.sql(query).to_arrow_reader(BATCH_ROWS)
     except duckdb.OutOfMemoryException as exc:
         raise MemoryError(str(exc)) from exc
-    except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException) as exc:
+    except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
+            duckdb.PermissionException, duckdb.InvalidInputException) as exc:
         raise SpecError(f"stages.features.params.sql: {exc}") from None
     except duckdb.ConversionException as exc:
         raise DataError(f"features: the data does not fit the feature SQL: {exc}") from None

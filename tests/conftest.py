@@ -1,0 +1,105 @@
+"""Shared fixtures: moto's real S3 server over HTTP, demo data, CLI runner.
+
+Append new fixtures at the end; keep each one's setup honest (real servers,
+real processes), never a monkeypatched client.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batchline import storage
+from batchline.demo_data import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "jobs" / "readmission.yaml"
+BATCHLINE = [sys.executable, "-m", "batchline.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    """moto's S3/SQS/SageMaker server on loopback; AWS_* env points every client at it."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                            "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                            "AWS_REGION")}
+    os.environ.update({"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_REGION": "us-east-1"})
+    storage._FS_CACHE.clear()
+    yield url
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    storage._FS_CACHE.clear()
+
+
+@pytest.fixture
+def s3_bucket(moto_server: str) -> str:
+    """A fresh, empty bucket on the moto server; returns s3://name."""
+    import boto3
+
+    name = f"bl-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_server).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20,000 demo encounters as CSV, generated once per session."""
+    out = tmp_path_factory.mktemp("demo")
+    generate(20_000, out, seed=3)
+    return out
+
+
+@pytest.fixture
+def demo_csv(demo_dir: Path, tmp_path: Path) -> Path:
+    """A private copy of the demo CSV (and its _generator.json) for one test."""
+    target = tmp_path / "source"
+    shutil.copytree(demo_dir, target)
+    return target / "encounters.csv"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real `batchline` CLI in a subprocess, as a user would."""
+    return subprocess.run([*BATCHLINE, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {}), "COLUMNS": "200"},
+                          cwd=cwd or ROOT, check=False)
+
+
+def fingerprints(root: str, run_id: str) -> dict[str, str]:
+    """Every committed output's fingerprint (checksums of its files) in one run."""
+    from batchline.manifest import RunManifest
+
+    manifest = RunManifest.load(root, run_id)
+    out = {}
+    for stage, entry in manifest.data["stages"].items():
+        for name, uri in entry.get("outputs", {}).items():
+            out[f"{stage}.{name}"] = storage.committed(uri).fingerprint
+    return out

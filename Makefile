@@ -24,7 +24,7 @@ demo: setup  ## generate ROWS rows of demo data and run the pipeline locally
 	$(BIN)/batchline run jobs/readmission.yaml --storage batchline-data \
 	  --set stages.ingest.params.source=demo-data/encounters.csv
 
-test: setup  ## run every test, slow end-to-end ones included
+test: setup podman  ## run every test, slow end-to-end ones included (installs podman)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: setup  ## unit tests only

@@ -4,12 +4,12 @@ import datetime as dt
 
 import pyarrow as pa
 import pytest
+from conftest import SPEC
 
 from batchline.errors import SpecError
 from batchline.params import FeaturesParams
 from batchline.spec import load_spec
 from batchline.stages.features import connect, feature_reader
-from conftest import SPEC
 
 
 def _encounters() -> pa.Table:

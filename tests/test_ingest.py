@@ -11,7 +11,6 @@ import pytest
 
 from batchline import storage
 from batchline.errors import DataError
-from batchline.params import IngestParams
 from batchline.stages import ingest
 from batchline.task import StageTask
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import boto3
 import pytest
+from conftest import BATCHLINE, ROOT, SPEC, fingerprints, run_cli
 
 from batchline import storage
 from batchline.demo_data import generate
 from batchline.manifest import RunManifest
-from conftest import BATCHLINE, ROOT, SPEC, fingerprints, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SPEC, run_cli
 
 from batchline.errors import SpecError
 from batchline.spec import load_spec, parse_set
-from conftest import SPEC, run_cli
 
 
 def _write(tmp_path: Path, data: object) -> Path:

@@ -102,7 +102,8 @@ def _summary(manifest: RunManifest, seconds: float) -> None:
         line = f"validation AUC {train['auc_valid']:.4f}"
         if "generator_best_auc" in ingest:
             best = ingest["generator_best_auc"]
-            line += f" (generator's best achievable {best:.4f}, gap {best - train['auc_valid']:.4f})"
+            gap = best - train["auc_valid"]
+            line += f" (generator's best achievable {best:.4f}, gap {gap:.4f})"
         if "calibration_ece" in train:
             line += f", calibration error {train['calibration_ece']:.4f}"
         out.print(line)

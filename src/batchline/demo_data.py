@@ -164,7 +164,7 @@ def generate(rows: int, out: str | os.PathLike[str], seed: int = 42,
     p_cat, y_cat, d_cat = np.concatenate(p_all), np.concatenate(y_all), np.concatenate(day_all)
     recent = d_cat >= np.quantile(d_cat, 0.8)
     summary = DemoSummary(
-        rows=written, labelled=int(len(y_cat)), population=population,
+        rows=written, labelled=len(y_cat), population=population,
         best_auc=round(auc(y_cat, p_cat), 4),
         best_auc_recent=round(auc(y_cat[recent], p_cat[recent]), 4),
         prevalence=round(float(y_cat.mean()), 4), path=str(path),

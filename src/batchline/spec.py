@@ -42,7 +42,7 @@ class Toleration(_Model):
 
 class StageSpec(_Model):
     params: dict[str, Any] = Field(default_factory=dict)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    resources: ResourcesSpec = Field(default_factory=lambda: ResourcesSpec())
     retries: int = Field(2, ge=0, le=10)
     shards: int = Field(1, ge=1, le=1000)
     node_selector: dict[str, str] = Field(default_factory=dict)
@@ -61,7 +61,7 @@ class PipelineSpec(_Model):
     image_registry: str = "localhost"
     image_tag: str = "0.1.0"
     stages: dict[str, StageSpec]
-    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+    kubernetes: KubernetesSpec = Field(default_factory=lambda: KubernetesSpec())
 
     @model_validator(mode="after")
     def _check_stages(self) -> PipelineSpec:

@@ -19,7 +19,7 @@ import sys
 import time
 
 from batchline import STAGES
-from batchline.errors import EXIT_BAD_INPUT, EXIT_OOM, EXIT_RETRYABLE, BatchlineError
+from batchline.errors import EXIT_OOM, EXIT_RETRYABLE, BatchlineError
 from batchline.storage import read_text
 from batchline.task import StageTask
 

@@ -227,7 +227,7 @@ class _HashingSink:
         self.closed = False
 
     def write(self, data: bytes | memoryview | pa.Buffer) -> int:
-        view = memoryview(data)  # type: ignore[arg-type]
+        view = memoryview(data)
         self._hash.update(view)
         self._stream.write(view)
         self._size += view.nbytes

@@ -74,7 +74,7 @@ class StageTask:
         return StageTask(**data)
 
 
-class Cause(str, enum.Enum):
+class Cause(enum.StrEnum):
     """Why a stage ended: the fixed set every backend translates into."""
 
     SUCCEEDED = "succeeded"
@@ -138,7 +138,8 @@ ADVICE: dict[Cause, str] = {
                      "above and resume the run",
     Cause.OUT_OF_MEMORY: "stage '{stage}' ran out of memory (exit {code}); raise "
                          "resources.{stage}.memory in the spec and resume the run",
-    Cause.EVICTED: "stage '{stage}' was evicted or preempted; resume the run (no retry was used up)",
+    Cause.EVICTED: "stage '{stage}' was evicted or preempted; resume the run "
+                   "(no retry was used up)",
     Cause.IMAGE_PULL: "stage '{stage}' could not pull its image; check the image name and "
                       "registry credentials (imagePullSecrets)",
     Cause.UNSCHEDULABLE: "stage '{stage}' could not be scheduled; lower resources.{stage} or "

@@ -50,7 +50,7 @@ def feature_reader(con: duckdb.DuckDBPyConnection, encounters: Any,
     # User SQL must not read files or the network on its own: everything it
     # sees is registered above.
     con.execute("SET enable_external_access = false")
-    query = f"SELECT * FROM ({params.sql}) AS features ORDER BY {params.order_by}"  # noqa: S608
+    query = f"SELECT * FROM ({params.sql}) AS features ORDER BY {params.order_by}"
     try:
         return con.sql(query).to_arrow_reader(BATCH_ROWS)
     except duckdb.OutOfMemoryException as exc:

@@ -136,7 +136,8 @@ def list_sources(source: str, fmt: str) -> list[str]:
         return [source]
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
     names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File
-                   and i.base_name.endswith(EXTENSIONS[fmt]) and not i.base_name.startswith((".", "_")))
+                   and i.base_name.endswith(EXTENSIONS[fmt])
+                   and not i.base_name.startswith((".", "_")))
     if not names:
         raise DataError(f"source folder {source} has no {fmt} files ({', '.join(EXTENSIONS[fmt])})")
     return [storage.join(source, n) for n in names]

@@ -16,7 +16,6 @@ import logging
 from typing import Any
 
 import lightgbm as lgb
-import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
@@ -82,7 +81,8 @@ def run(task: StageTask) -> dict[str, Any]:
                         f"{task.inputs['features']}")
     columns = list(dict.fromkeys([*params.id_columns, *fmap.features]))
     scanner = dataset.scanner(columns=columns, filter=ds.field(label).is_null(),
-                              batch_size=params.batch_rows, use_threads=False)
+                              batch_size=params.batch_rows, use_threads=False,
+                              batch_readahead=1, fragment_readahead=1)
     schema = prediction_schema([dataset.schema.field(c) for c in params.id_columns])
     out_uri = task.outputs["predictions"]
     if task.shard_count > 1:

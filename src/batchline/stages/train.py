@@ -82,7 +82,8 @@ def train(features: pa.Table, params: TrainParams) -> TrainedModel:
                         valid_sets=[valid_set], valid_names=["valid"],
                         callbacks=[lgb.early_stopping(params.early_stopping_rounds,
                                                       verbose=False)])
-    p_valid = booster.predict(fmap.matrix(valid_rows), num_iteration=booster.best_iteration)
+    p_valid = np.asarray(booster.predict(fmap.matrix(valid_rows),
+                                         num_iteration=booster.best_iteration))
     gains = booster.feature_importance("gain", iteration=booster.best_iteration)
     top = sorted(zip(fmap.features, gains.tolist(), strict=True), key=lambda t: -t[1])[:10]
     metrics = {

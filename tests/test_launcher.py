@@ -1,0 +1,134 @@
+"""Launcher policy (retries by cause, cache keys, resume) with an in-process backend.
+
+The backend here is a fake of the Backend protocol, not a mock: it really runs
+each stage in this process through the same entrypoint code, and fails on
+command with a chosen cause, the way a platform would report it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import SPEC
+
+from batchline import stage as entrypoint
+from batchline.backends.base import Handle, OnEvent
+from batchline.errors import SpecError, StageFailed
+from batchline.launcher import Launcher, needed_stages
+from batchline.manifest import RunManifest
+from batchline.spec import load_spec
+from batchline.storage import read_text
+from batchline.task import Cause, StageResult, StageTask
+
+
+class InProcessBackend:
+    name = "local"
+    fans_out_shards = False
+
+    def __init__(self, failures: dict[str, list[Cause]] | None = None) -> None:
+        self.failures = failures or {}
+        self.submitted: list[StageTask] = []
+
+    def submit(self, task: StageTask) -> Handle:
+        self.submitted.append(task)
+        return Handle(task, f"inproc-{len(self.submitted)}")
+
+    def wait(self, handle: Handle, on_event: OnEvent | None = None) -> StageResult:
+        task = handle.task
+        assert read_text(task.task_uri) == task.to_json()  # the launcher wrote the task first
+        planned = self.failures.get(task.stage, [])
+        if planned:
+            cause = planned.pop(0)
+            return StageResult(task.stage, cause, 1, f"injected {cause.value}")
+        entrypoint.run_task(task)
+        return StageResult(task.stage, Cause.SUCCEEDED, 0)
+
+    def logs(self, handle: Handle) -> str:
+        return ""
+
+    def cancel(self, handle: Handle) -> None:
+        return None
+
+
+def _spec(source: Path, **sets: object):  # type: ignore[no-untyped-def]
+    return load_spec(SPEC, {"stages.ingest.params.source": str(source), **sets})
+
+
+def test_needed_stages() -> None:
+    assert needed_stages(["score"]) == ["ingest", "features", "train", "score"]
+    assert needed_stages(["features"]) == ["ingest", "features"]
+
+
+def test_retryable_failure_is_retried_then_succeeds(demo_csv: Path, tmp_path: Path) -> None:
+    backend = InProcessBackend({"features": [Cause.USER_ERROR, Cause.EVICTED, Cause.EVICTED]})
+    spec = _spec(demo_csv, **{"stages.features.retries": 1})
+    manifest = Launcher(spec, str(tmp_path), backend, "r1").run()
+    attempts = manifest.stage("features")["attempts"]
+    # One counted failure (within retries=1) and two evictions that do not count.
+    assert [a["cause"] for a in attempts] == ["user_error", "evicted", "evicted", "succeeded"]
+    assert [t.attempt for t in backend.submitted if t.stage == "features"] == [1, 2, 3, 4]
+    assert manifest.data["state"] == "succeeded"
+
+
+@pytest.mark.parametrize("cause", [Cause.OUT_OF_MEMORY, Cause.BAD_INPUT, Cause.IMAGE_PULL])
+def test_non_retryable_causes_fail_at_once(demo_csv: Path, tmp_path: Path, cause: Cause) -> None:
+    backend = InProcessBackend({"train": [cause]})
+    with pytest.raises(StageFailed) as err:
+        Launcher(_spec(demo_csv), str(tmp_path), backend, "r1").run()
+    assert err.value.cause is cause
+    manifest = RunManifest.load(str(tmp_path), "r1")
+    assert manifest.data["state"] == "failed"
+    assert manifest.stage("train")["state"] == "failed"
+    assert "resources.train.memory" in manifest.stage("train")["reason"] \
+        if cause is Cause.OUT_OF_MEMORY else True
+    assert manifest.stage("score")["state"] == "pending"
+
+
+def test_retries_exhausted(demo_csv: Path, tmp_path: Path) -> None:
+    backend = InProcessBackend({"ingest": [Cause.USER_ERROR] * 3})
+    with pytest.raises(StageFailed, match="ingest"):
+        Launcher(_spec(demo_csv, **{"stages.ingest.retries": 2}), str(tmp_path), backend,
+                 "r1").run()
+    assert len(RunManifest.load(str(tmp_path), "r1").stage("ingest")["attempts"]) == 3
+
+
+def test_resume_skips_committed_stages(demo_csv: Path, tmp_path: Path) -> None:
+    failing = InProcessBackend({"train": [Cause.OUT_OF_MEMORY]})
+    with pytest.raises(StageFailed):
+        Launcher(_spec(demo_csv), str(tmp_path), failing, "r1").run()
+    again = InProcessBackend()
+    manifest = Launcher(_spec(demo_csv), str(tmp_path), again, "r1").run()
+    assert [t.stage for t in again.submitted] == ["train", "score"]
+    assert [t.attempt for t in again.submitted] == [2, 1]  # attempts continue, logs don't clash
+    assert manifest.stage("ingest")["state"] == "reused"
+
+
+def test_source_change_invalidates_everything(demo_csv: Path, tmp_path: Path) -> None:
+    backend = InProcessBackend()
+    Launcher(_spec(demo_csv), str(tmp_path), backend, "r1").run()
+    with open(demo_csv, "a") as handle:
+        handle.write("999999,1,H001,2024-01-01,2024-01-02,70,F,copd,12,1,139,medicare,0,1\n")
+    backend = InProcessBackend()
+    manifest = Launcher(_spec(demo_csv), str(tmp_path), backend, "r2").run()
+    assert [t.stage for t in backend.submitted] == ["ingest", "features", "train", "score"]
+    assert "input source changed" in manifest.stage("ingest")["reason"]
+
+
+def test_unselected_stage_without_outputs_is_an_error(demo_csv: Path, tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="'ingest' is not in --stages"):
+        Launcher(_spec(demo_csv), str(tmp_path), InProcessBackend(), "r1", ["score"]).run()
+
+
+def test_bad_run_id_and_stage(tmp_path: Path, demo_csv: Path) -> None:
+    with pytest.raises(SpecError, match="invalid run id"):
+        Launcher(_spec(demo_csv), str(tmp_path), InProcessBackend(), "../etc")
+    with pytest.raises(SpecError, match="unknown stages"):
+        Launcher(_spec(demo_csv), str(tmp_path), InProcessBackend(), "r1", ["deploy"])
+
+
+def test_cause_parse_lists_known_values() -> None:
+    with pytest.raises(ValueError, match="known causes: succeeded, bad_input"):
+        Cause.parse("exploded")
+    assert Cause.from_exit_code(2) is Cause.BAD_INPUT
+    assert Cause.from_exit_code(137) is Cause.OUT_OF_MEMORY

@@ -1,0 +1,744 @@
+"""Kubernetes backend: each stage attempt runs as one batch/v1 Job.
+
+The manifest comes from the pure builder in `kubernetes_job.py`; this module
+only talks to the API server: it creates the Job (adopting an identical one
+left by an earlier launcher), watches the Job and its pods until they reach an
+end state, copies the pods' logs into storage (pods vanish with the Job's
+TTL), and translates what it saw into one StageResult.
+
+The translators at the top (`cause_from_k8s`, `phase_from_k8s`) are pure
+functions over API objects as plain dicts (camelCase, as the server sends
+them), so they are tested without any server. The official `kubernetes`
+client is an optional extra, imported only when a backend is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from types import ModuleType
+from typing import Any, TypeVar
+
+from batchline import layout, storage
+from batchline.backends.base import Handle, OnEvent
+from batchline.errors import BackendError
+from batchline.task import Cause, StageResult, StageTask
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+ANNOTATION_CACHE_KEY = "batchline.dev/cache-key"
+ANNOTATION_TASK_URI = "batchline.dev/task-uri"
+# The Job controller labels its pods with both (the short one since forever,
+# the prefixed one since 1.27); we accept either when filtering client-side.
+JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+JOB_CONDITION_TYPES = ("Complete", "Failed", "Suspended", "FailureTarget", "SuccessCriteriaMet")
+JOB_FAILED_REASONS = ("BackoffLimitExceeded", "DeadlineExceeded", "PodFailurePolicy",
+                      "MaxFailedIndexesExceeded", "FailedIndexes")
+POD_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
+IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName"})
+# Pod-level reasons that mean "the platform took the pod away", not "the code failed".
+DISRUPTION_REASONS = frozenset({"Evicted", "Preempted", "Preempting", "NodeShutdown"})
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+LOG_TAIL_LINES = 20
+INSTALL_HINT = ("the kubernetes backend needs the kubernetes client: "
+                "pip install 'batchline[kubernetes]'")
+
+
+class UnknownK8sStateError(BackendError, ValueError):
+    """The API server reported a value this version of batchline does not know."""
+
+
+# ---------------------------------------------------------------------------
+# Pure translators: API objects (dicts) -> phase / StageResult
+# ---------------------------------------------------------------------------
+
+def _known(value: str, known: tuple[str, ...], what: str) -> str:
+    if value not in known:
+        raise UnknownK8sStateError(f"unknown {what} {value!r}; known: {', '.join(known)}. "
+                                   "Upgrade batchline or report this Kubernetes version")
+    return value
+
+
+def job_conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The Job's conditions whose status is "True", by type (unknown types raise)."""
+    out = {}
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        kind = _known(str(cond.get("type", "")), JOB_CONDITION_TYPES, "Job condition type")
+        if str(cond.get("status")) == "True":
+            out[kind] = cond
+    return out
+
+
+def pod_phase(pod: dict[str, Any]) -> str:
+    """A pod's phase, checked against the known set ("Pending" when not reported yet)."""
+    return _known(str((pod.get("status") or {}).get("phase") or "Pending"), POD_PHASES,
+                  "pod phase")
+
+
+def phase_from_k8s(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
+    """The coarse phase shown to people while a Job is active: "pending" or "running"."""
+    # A pod that already succeeded counts as running until the Job says
+    # Complete, so the phase does not flicker back to pending in between.
+    if any(pod_phase(p) in ("Running", "Succeeded") for p in pods):
+        return "running"
+    status = job.get("status") or {}
+    if status.get("ready") and not pods:
+        return "running"
+    return "pending"
+
+
+def cause_from_k8s(job: dict[str, Any], pods: list[dict[str, Any]], *, stage: str | None = None,
+                   now: datetime | None = None,
+                   unschedulable_grace: float = 0.0) -> StageResult | None:
+    """Translate a Job and its pods into a StageResult, or None while it should be waited on.
+
+    Terminal Job conditions decide first (Complete, Failed with its reason);
+    the pods explain a failure (OOMKilled, eviction, exit code). Two states
+    never end a Job by themselves, so they are read off the pods while the Job
+    is still active: image pull failures at once, and an Unschedulable pod once
+    it has been so for `unschedulable_grace` seconds (autoscalers need a while).
+    """
+    stage = stage or _stage_of(job)
+    ref = _job_ref(job)
+    conditions = job_conditions(job)
+    for pod in pods:
+        pod_phase(pod)  # unknown phases raise here, whatever the Job says
+    if "Complete" in conditions:
+        return StageResult(stage, Cause.SUCCEEDED, 0, backend_ref=ref)
+    if "Failed" in conditions:
+        return _failed_result(stage, ref, conditions["Failed"], pods)
+    return _active_result(stage, ref, pods, now or datetime.now(UTC), unschedulable_grace)
+
+
+def _failed_result(stage: str, ref: str, failed: dict[str, Any],
+                   pods: list[dict[str, Any]]) -> StageResult:
+    reason = failed.get("reason") or ""
+    if reason:
+        _known(reason, JOB_FAILED_REASONS, "Job failure reason")
+    message = str(failed.get("message") or "")
+    if reason == "DeadlineExceeded":
+        return StageResult(stage, Cause.DEADLINE, None, message, backend_ref=ref)
+    pod = _last_failed_pod(pods)
+    if pod is not None and _disruption(pod):
+        return StageResult(stage, Cause.EVICTED, None, _disruption(pod), backend_ref=ref)
+    terminated = _terminated_state(pod) if pod is not None else {}
+    code = terminated.get("exitCode")
+    if code is None:
+        code = _exit_code_in(message)
+    if terminated.get("reason") == "OOMKilled":
+        return StageResult(stage, Cause.OUT_OF_MEMORY, code if code is not None else 137,
+                           f"container was OOMKilled in pod {_name(pod or {})}", backend_ref=ref)
+    # Exit 2 is the stage's "bad input" contract on every backend; a
+    # podFailurePolicy FailJob rule makes it fail fast, but without one the
+    # Job still ends (BackoffLimitExceeded) and the cause is the same.
+    cause = Cause.BAD_INPUT if code == 2 else Cause.USER_ERROR
+    detail = message or str(terminated.get("message") or "")
+    return StageResult(stage, cause, code, detail, backend_ref=ref)
+
+
+def _active_result(stage: str, ref: str, pods: list[dict[str, Any]], now: datetime,
+                   grace: float) -> StageResult | None:
+    for pod in pods:
+        if pod_phase(pod) in ("Succeeded", "Failed"):
+            continue
+        for status in _container_statuses(pod):
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in IMAGE_PULL_REASONS:
+                text = f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
+                return StageResult(stage, Cause.IMAGE_PULL, None, text, backend_ref=ref)
+        cond = _condition(pod, "PodScheduled")
+        if cond and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
+            since = _timestamp(cond.get("lastTransitionTime")) or now
+            if (now - since).total_seconds() >= grace:
+                return StageResult(stage, Cause.UNSCHEDULABLE, None, str(cond.get("message", "")),
+                                   backend_ref=ref)
+    return None
+
+
+def _stage_of(job: dict[str, Any]) -> str:
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    return str(labels.get("batchline.dev/stage") or _name(job))
+
+
+def _name(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def _job_ref(job: dict[str, Any]) -> str:
+    meta = job.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}".lstrip("/")
+
+
+def _condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind:
+            return dict(cond)
+    return None
+
+
+def _container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    status = pod.get("status") or {}
+    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
+
+
+def _terminated_state(pod: dict[str, Any]) -> dict[str, Any]:
+    """The terminated state of the pod's failing container (non-zero exit first)."""
+    states = [((s.get("state") or {}).get("terminated") or {}) for s in _container_statuses(pod)]
+    states = [s for s in states if s]
+    failing = [s for s in states if s.get("exitCode") not in (0, None)]
+    return (failing or states or [{}])[-1]
+
+
+def _disruption(pod: dict[str, Any]) -> str:
+    """Why the platform took this pod away, or "" if it did not."""
+    cond = _condition(pod, "DisruptionTarget")
+    if cond and cond.get("status") == "True":
+        return f"{cond.get('reason', 'DisruptionTarget')}: {cond.get('message', '')}".rstrip(": ")
+    reason = (pod.get("status") or {}).get("reason")
+    if reason in DISRUPTION_REASONS:
+        return f"{reason}: {(pod.get('status') or {}).get('message', '')}".rstrip(": ")
+    return ""
+
+
+def _last_failed_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    failed = [p for p in pods if pod_phase(p) == "Failed"]
+    return max(failed, key=_pod_started, default=None)
+
+
+def _pod_started(pod: dict[str, Any]) -> str:
+    # RFC 3339 UTC timestamps sort as strings.
+    return str((pod.get("status") or {}).get("startTime")
+               or (pod.get("metadata") or {}).get("creationTimestamp") or "")
+
+
+def _timestamp(value: object) -> datetime | None:
+    if not value:
+        return None
+    stamp = datetime.fromisoformat(str(value))
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+def _exit_code_in(message: str) -> int | None:
+    # The Job controller writes "... failed with exit code 2 matching FailJob rule ..."
+    match = re.search(r"exit code (\d+)", message)
+    return int(match.group(1)) if match else None
+
+
+def is_pod_of(pod: dict[str, Any], job_name: str) -> bool:
+    """Whether a pod belongs to the named Job (labels, or the owner reference)."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if any(labels.get(key) == job_name for key in JOB_NAME_LABELS):
+        return True
+    return any(ref.get("kind") == "Job" and ref.get("name") == job_name
+               for ref in meta.get("ownerReferences") or [])
+
+
+def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a log."""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def stage_error(text: str) -> str:
+    """The error the stage entrypoint summarised as a JSON line near the end, if any."""
+    for line in reversed(text.rstrip().splitlines()[-5:]):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict) and data.get("error"):
+            return str(data["error"])
+    return ""
+
+
+# ---------------------------------------------------------------------------
+# Talking to the API server
+# ---------------------------------------------------------------------------
+
+_SDK: dict[str, ModuleType] = {}
+
+
+def _sdk() -> ModuleType:
+    """The `kubernetes` package, imported on first use with a clear hint if missing."""
+    if "kubernetes" not in _SDK:
+        try:
+            import kubernetes
+            import kubernetes.client
+            import kubernetes.config
+            import kubernetes.watch
+        except ImportError as exc:
+            raise BackendError(INSTALL_HINT) from exc
+        _SDK["kubernetes"] = kubernetes
+    return _SDK["kubernetes"]
+
+
+def api_client_from_config(context: str | None = None, in_cluster: bool = False,
+                           kubeconfig: str | None = None) -> Any:
+    """An ApiClient from the pod's service account, or from a kubeconfig context.
+
+    `kubeconfig` names the file; by default the client's own lookup applies
+    ($KUBECONFIG, then ~/.kube/config).
+    """
+    k8s = _sdk()
+    configuration = k8s.client.Configuration()
+    try:
+        if in_cluster:
+            k8s.config.load_incluster_config(client_configuration=configuration)
+        else:
+            k8s.config.load_kube_config(config_file=kubeconfig, context=context,
+                                        client_configuration=configuration)
+    except k8s.config.ConfigException as exc:
+        where = "the pod's service account" if in_cluster else \
+            f"kubeconfig context {context!r}" if context else "the current kubeconfig context"
+        raise BackendError(f"cannot configure the Kubernetes client from {where}: {exc}; "
+                           "pass --context NAME, or --in-cluster inside a pod") from exc
+    # Only the server is logged: tokens and certificates stay out of logs.
+    log.info("kubernetes: API server %s", configuration.host)
+    return k8s.client.ApiClient(configuration)
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    """Bounded exponential backoff for throttled (429) and server-side (5xx) errors."""
+
+    attempts: int = 6
+    initial: float = 0.5
+    factor: float = 2.0
+    maximum: float = 30.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial
+        for _ in range(self.attempts - 1):
+            yield delay
+            delay = min(delay * self.factor, self.maximum)
+
+    def call(self, fn: Callable[[], T], what: str) -> T:
+        """Call `fn`, retrying transient API errors; the last error propagates unchanged."""
+        for delay in self.delays():
+            try:
+                return fn()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("kubernetes: %s failed (%s); retrying in %.1fs", what,
+                            _describe(exc), delay)
+                time.sleep(_retry_after(exc) or delay)
+        return fn()
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Throttling, server errors and dropped connections are worth another try."""
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and status:
+        return status in TRANSIENT_STATUSES
+    import urllib3.exceptions
+
+    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError)
+
+
+def _retry_after(exc: BaseException) -> float:
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        return min(float(headers.get("Retry-After", 0)), 60.0)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _describe(exc: BaseException) -> str:
+    status = getattr(exc, "status", None)
+    reason = getattr(exc, "reason", None)
+    return f"HTTP {status} {reason}" if status else type(exc).__name__
+
+
+def _status(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _raw(response: Any) -> Any:
+    """Decode a `_preload_content=False` response: API objects as the server sent them."""
+    return json.loads(response.data)
+
+
+class _Watcher:
+    """Lists, then watches, one kind of object; puts (kind, type, object) on a queue.
+
+    Resumes from the last resourceVersion after a watch ends; re-lists after
+    410 Gone. The read timeout bounds each watch even where the server ignores
+    timeoutSeconds. Failures that outlast the retry budget are put on the
+    queue as ("<kind>", "ERROR", exception) for the waiting thread to raise.
+    """
+
+    def __init__(self, kind: str, list_fn: Callable[..., Any], out: queue.Queue[Any],
+                 retry: Retry, watch_seconds: int) -> None:
+        self.kind = kind
+        self._list = list_fn
+        self._out = out
+        self._retry = retry
+        self._watch_seconds = watch_seconds
+        self._stopped = threading.Event()
+        self._watch: Any = None
+        self._thread = threading.Thread(target=self._run, name=f"batchline-watch-{kind}",
+                                        daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopped.set()
+        deadline = time.monotonic() + timeout
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            # Watch.stop() only reaches a stream that has started (and a new
+            # stream resets its flag), so keep poking until the thread is out.
+            if self._watch is not None:
+                self._watch.stop()
+            self._thread.join(timeout=0.05)
+
+    def _run(self) -> None:
+        try:
+            version: str | None = None
+            while not self._stopped.is_set():
+                if version is None:
+                    data = self._retry.call(lambda: _raw(self._list(_preload_content=False)),
+                                            f"list {self.kind}s")
+                    self._out.put((self.kind, "SYNC", data.get("items") or []))
+                    version = (data.get("metadata") or {}).get("resourceVersion") or ""
+                version = self._watch_from(version)
+        except Exception as exc:
+            self._out.put((self.kind, "ERROR", exc))
+
+    def _watch_from(self, version: str) -> str | None:
+        """Stream events from `version`; returns where to resume, or None to re-list."""
+        k8s = _sdk()
+        failures = 0
+        self._watch = watch = k8s.watch.Watch()
+        while not self._stopped.is_set():
+            try:
+                # A lambda, not the typed API method: Watch then yields the
+                # objects as plain dicts instead of deserialising them.
+                for event in watch.stream(lambda **kw: self._list(**kw),
+                                          resource_version=version,
+                                          timeout_seconds=self._watch_seconds,
+                                          _request_timeout=(10, self._watch_seconds + 5)):
+                    failures = 0
+                    obj = event.get("raw_object") or {}
+                    version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                    if event.get("type") != "BOOKMARK":
+                        self._out.put((self.kind, event.get("type"), obj))
+                    if self._stopped.is_set():
+                        break
+                return version
+            except Exception as exc:
+                if self._stopped.is_set():
+                    return version
+                if _status(exc) == 410:
+                    log.info("kubernetes: watch of %ss expired (410 Gone); listing again",
+                             self.kind)
+                    return None
+                if _is_read_timeout(exc):
+                    return version
+                failures += 1
+                if not is_transient(exc) or failures >= self._retry.attempts:
+                    raise
+                delay = min(self._retry.initial * self._retry.factor ** (failures - 1),
+                            self._retry.maximum)
+                log.warning("kubernetes: watch of %ss failed (%s); retrying in %.1fs",
+                            self.kind, _describe(exc), delay)
+                self._stopped.wait(_retry_after(exc) or delay)
+        return version
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    import urllib3.exceptions
+
+    return isinstance(exc, urllib3.exceptions.ReadTimeoutError) or (
+        isinstance(exc, urllib3.exceptions.ProtocolError) and "timed out" in str(exc))
+
+
+@dataclasses.dataclass
+class _Seen:
+    """What the waiting thread knows so far about one Job and its pods."""
+
+    job: dict[str, Any] | None = None
+    job_synced: bool = False
+    pods_synced: bool = False
+    pods: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+class KubernetesBackend:
+    """Runs each stage attempt as a Kubernetes Job and watches it to the end."""
+
+    name = "kubernetes"
+    # One Job per task as the launcher hands it over (shards arrive one by one).
+    fans_out_shards = False
+
+    def __init__(self, namespace: str = "batchline", context: str | None = None,
+                 in_cluster: bool = False, *, kubeconfig: str | None = None,
+                 api_client: Any = None, service_account: str = "batchline-stage",
+                 ttl_seconds: int = 3600,
+                 backoff_limit: int = 2, env: dict[str, str] | None = None,
+                 env_from_secret: str | None = None, poll_seconds: float = 1.0,
+                 watch_seconds: int = 60, unschedulable_grace_seconds: float = 120.0,
+                 retry: Retry | None = None) -> None:
+        k8s = _sdk()
+        self.namespace = namespace
+        self.service_account = service_account
+        self.ttl_seconds = ttl_seconds
+        self.backoff_limit = backoff_limit
+        self.env = dict(env or {})
+        self.env_from_secret = env_from_secret
+        self.poll_seconds = poll_seconds
+        self.watch_seconds = watch_seconds
+        self.unschedulable_grace_seconds = unschedulable_grace_seconds
+        self.retry = retry or Retry()
+        # An explicit client (tests, embedding) wins over any configuration.
+        self.api_client = api_client or api_client_from_config(context, in_cluster, kubeconfig)
+        self._batch = k8s.client.BatchV1Api(self.api_client)
+        self._core = k8s.client.CoreV1Api(self.api_client)
+
+    # -- submit ---------------------------------------------------------------
+
+    def submit(self, task: StageTask) -> Handle:
+        """Create the task's Job; adopt an existing one built from the very same task."""
+        from batchline.backends.kubernetes_job import job_manifest
+
+        manifest = job_manifest(task, namespace=self.namespace,
+                                service_account=self.service_account,
+                                ttl_seconds_after_finished=self.ttl_seconds,
+                                backoff_limit=self.backoff_limit, env=self.env or None,
+                                env_from_secret=self.env_from_secret)
+        name = manifest["metadata"]["name"]
+        ref = f"{self.namespace}/{name}"
+        try:
+            self.retry.call(lambda: self._batch.create_namespaced_job(
+                self.namespace, manifest, _preload_content=False), f"create job {ref}")
+            log.info("stage %s: submitted to kubernetes as job %s", task.stage, ref)
+        except Exception as exc:
+            if _status(exc) != 409:
+                raise BackendError(f"cannot create job {ref}: {_describe(exc)} "
+                                   f"{getattr(exc, 'body', '') or exc}") from exc
+            self._adopt(task, manifest, ref)
+        return Handle(task, ref, {"name": name, "namespace": self.namespace})
+
+    def _adopt(self, task: StageTask, manifest: dict[str, Any], ref: str) -> None:
+        # 409: a Job of that name exists, e.g. from a launcher that died after
+        # submitting, or from a create whose response got lost. Same task and
+        # cache key means same work: watch it instead of failing.
+        name = manifest["metadata"]["name"]
+        existing = self._read_job(name)
+        if existing is None:
+            raise BackendError(f"job {ref} conflicted on create but is gone now; resume the run")
+        want = manifest["metadata"].get("annotations") or {}
+        have = (existing.get("metadata") or {}).get("annotations") or {}
+        diffs = [f"{key}: existing {have.get(key)!r}, this task {want.get(key)!r}"
+                 for key in (ANNOTATION_TASK_URI, ANNOTATION_CACHE_KEY)
+                 if have.get(key) != want.get(key)]
+        if diffs:
+            raise BackendError(f"job {ref} already exists for a different task "
+                               f"({'; '.join(diffs)}); delete it (kubectl delete job -n "
+                               f"{self.namespace} {name}) or resume the run")
+        log.info("stage %s: adopted existing kubernetes job %s (same task and cache key)",
+                 task.stage, ref)
+
+    def _read_job(self, name: str) -> dict[str, Any] | None:
+        try:
+            job: dict[str, Any] = self.retry.call(lambda: _raw(self._batch.read_namespaced_job(
+                name, self.namespace, _preload_content=False)), f"read job {name}")
+            return job
+        except Exception as exc:
+            if _status(exc) == 404:
+                return None
+            raise BackendError(f"cannot read job {self.namespace}/{name}: {_describe(exc)}") \
+                from exc
+
+    # -- wait -----------------------------------------------------------------
+
+    def wait(self, handle: Handle, on_event: OnEvent | None = None) -> StageResult:
+        """Watch the Job and its pods until they end; copy logs; return the result."""
+        name = handle.extra["name"]
+        events: queue.Queue[Any] = queue.Queue()
+        watchers = [
+            _Watcher("job", lambda **kw: self._batch.list_namespaced_job(
+                self.namespace, field_selector=f"metadata.name={name}", **kw),
+                events, self.retry, self.watch_seconds),
+            _Watcher("pod", lambda **kw: self._core.list_namespaced_pod(
+                self.namespace, label_selector=f"job-name={name}", **kw),
+                events, self.retry, self.watch_seconds),
+        ]
+        for watcher in watchers:
+            watcher.start()
+        try:
+            result = self._until_done(handle, events, on_event)
+        finally:
+            for watcher in watchers:
+                watcher.stop()
+        text = self._copy_logs(handle)
+        if result.cause in (Cause.IMAGE_PULL, Cause.UNSCHEDULABLE):
+            # Kubernetes would keep retrying forever; the launcher decides instead.
+            self._delete_job(handle)
+        log.info("stage %s: kubernetes job %s ended: %s", handle.task.stage, handle.ref,
+                 result.cause.value)
+        return dataclasses.replace(result, stage=handle.task.stage, backend_ref=handle.ref,
+                                   log_tail=log_tail(text),
+                                   message=result.message or stage_error(text))
+
+    def _until_done(self, handle: Handle, events: queue.Queue[Any],
+                    on_event: OnEvent | None) -> StageResult:
+        seen = _Seen()
+        phase = ""
+        name = handle.extra["name"]
+        while True:
+            try:
+                self._apply(seen, events.get(timeout=self.poll_seconds), name)
+                while not events.empty():  # take a burst in one go
+                    self._apply(seen, events.get_nowait(), name)
+            except queue.Empty:
+                pass
+            if not (seen.job_synced and seen.pods_synced):
+                continue
+            if seen.job is None or handle.extra.get("cancelled"):
+                return StageResult(handle.task.stage, Cause.CANCELLED, None,
+                                   f"job {handle.ref} was deleted")
+            pods = sorted(seen.pods.values(), key=_pod_started)
+            result = cause_from_k8s(seen.job, pods, stage=handle.task.stage,
+                                    unschedulable_grace=self.unschedulable_grace_seconds)
+            if result is not None and not result.ok:
+                # The two watches are not ordered with each other: the Job's
+                # Failed may overtake its pod's last update. Read the pods now.
+                fresh = {_name(p): p for p in self._pods_of(name)}
+                pods = sorted({**seen.pods, **fresh}.values(), key=_pod_started)
+                result = cause_from_k8s(seen.job, pods, stage=handle.task.stage,
+                                        unschedulable_grace=self.unschedulable_grace_seconds)
+            if result is not None:
+                return result
+            now = phase_from_k8s(seen.job, pods)
+            if now != phase:
+                phase = now
+                log.info("stage %s: %s on kubernetes as job %s", handle.task.stage, phase,
+                         handle.ref)
+                if on_event:
+                    on_event(handle.task, phase)
+
+    def _apply(self, seen: _Seen, item: tuple[str, str, Any], name: str) -> None:
+        kind, kind_of_event, payload = item
+        if kind_of_event == "ERROR":
+            raise BackendError(f"cannot watch the {kind}s of job {self.namespace}/{name}: "
+                               f"{_describe(payload)}; check the API server and RBAC "
+                               "(list/watch on jobs and pods)") from payload
+        if kind == "job":
+            if kind_of_event == "SYNC":
+                seen.job = next((j for j in payload if _name(j) == name), None)
+                seen.job_synced = True
+            elif _name(payload) == name:
+                seen.job = None if kind_of_event == "DELETED" else payload
+            return
+        if kind_of_event == "SYNC":
+            seen.pods = {_name(p): p for p in payload if is_pod_of(p, name)}
+            seen.pods_synced = True
+        elif is_pod_of(payload, name):
+            if kind_of_event == "DELETED":
+                # Keep the last state: a deleted failed pod still explains the failure.
+                seen.pods.setdefault(_name(payload), payload)
+            else:
+                seen.pods[_name(payload)] = payload
+
+    # -- logs -----------------------------------------------------------------
+
+    def logs(self, handle: Handle) -> str:
+        """The stage's log: from its pods while they exist, else the copy in storage."""
+        text = self._read_pod_logs(handle)
+        if text:
+            return text
+        uri = self._log_uri(handle.task, None)
+        return storage.read_text(uri) if storage.exists(uri) else ""
+
+    def _copy_logs(self, handle: Handle) -> str:
+        # Pods go away with the Job's TTL; the copy under the run is what stays.
+        task = handle.task
+        by_shard = self._pod_logs_by_shard(handle)
+        for shard, text in by_shard.items():
+            storage.write_text(self._log_uri(task, shard), text)
+            log.info("stage %s: copied pod logs to %s", task.stage, self._log_uri(task, shard))
+        if not by_shard:
+            storage.write_text(self._log_uri(task, None), "")
+        return "".join(by_shard.values())
+
+    def _log_uri(self, task: StageTask, shard: int | None) -> str:
+        if shard is None and task.shard_count > 1:
+            shard = task.shard_index
+        return layout.log_uri(task.storage_root, task.run_id, task.stage, task.attempt, shard)
+
+    def _read_pod_logs(self, handle: Handle) -> str:
+        return "".join(self._pod_logs_by_shard(handle).values())
+
+    def _pod_logs_by_shard(self, handle: Handle) -> dict[int | None, str]:
+        pods = self._pods_of(handle.extra["name"])
+        out: dict[int | None, str] = {}
+        for pod in pods:
+            shard = _completion_index(pod) if handle.task.shard_count > 1 else None
+            text = self._pod_log(_name(pod))
+            if len(pods) > 1:  # retried pods: say which attempt each part comes from
+                text = f"--- pod {_name(pod)} ---\n{text}"
+            out[shard] = out.get(shard, "") + text
+        return out
+
+    def _pods_of(self, name: str) -> list[dict[str, Any]]:
+        try:
+            data = self.retry.call(lambda: _raw(self._core.list_namespaced_pod(
+                self.namespace, label_selector=f"job-name={name}", _preload_content=False)),
+                f"list pods of job {name}")
+        except Exception as exc:
+            raise BackendError(f"cannot list the pods of job {self.namespace}/{name}: "
+                               f"{_describe(exc)}") from exc
+        return sorted((p for p in data.get("items") or [] if is_pod_of(p, name)),
+                      key=_pod_started)
+
+    def _pod_log(self, pod: str) -> str:
+        try:
+            response = self.retry.call(lambda: self._core.read_namespaced_pod_log(
+                pod, self.namespace, _preload_content=False), f"read log of pod {pod}")
+        except Exception as exc:
+            if _status(exc) in (400, 404):  # never started (image pull) or already gone
+                return ""
+            raise BackendError(f"cannot read the log of pod {self.namespace}/{pod}: "
+                               f"{_describe(exc)}") from exc
+        # Raw bytes: the client would json-decode a log that happens to be JSON.
+        return bytes(response.data).decode("utf-8", errors="replace")
+
+    # -- cancel ---------------------------------------------------------------
+
+    def cancel(self, handle: Handle) -> None:
+        """Delete the Job and, in the background, its pods; safe to call twice."""
+        handle.extra["cancelled"] = True
+        self._delete_job(handle)
+
+    def _delete_job(self, handle: Handle) -> None:
+        name = handle.extra["name"]
+        try:
+            self.retry.call(lambda: self._batch.delete_namespaced_job(
+                name, self.namespace, propagation_policy="Background", _preload_content=False),
+                f"delete job {handle.ref}")
+            log.info("stage %s: deleted kubernetes job %s", handle.task.stage, handle.ref)
+        except Exception as exc:
+            if _status(exc) == 404:
+                return
+            raise BackendError(f"cannot delete job {handle.ref}: {_describe(exc)}") from exc
+
+
+def _completion_index(pod: dict[str, Any]) -> int | None:
+    meta = pod.get("metadata") or {}
+    value = (meta.get("labels") or {}).get(COMPLETION_INDEX_LABEL) or \
+        (meta.get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION)
+    return int(value) if value is not None else None

@@ -89,14 +89,14 @@ def pod_phase(pod: dict[str, Any]) -> str:
 
 def phase_from_k8s(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
     """The coarse phase shown to people while a Job is active: "pending" or "running"."""
-    # A pod that already succeeded counts as running until the Job says
-    # Complete, so the phase does not flicker back to pending in between.
-    if any(pod_phase(p) in ("Running", "Succeeded") for p in pods):
+    phases = {pod_phase(p) for p in pods}
+    if "Running" in phases:
         return "running"
-    status = job.get("status") or {}
-    if status.get("ready") and not pods:
-        return "running"
-    return "pending"
+    if not pods or "Pending" in phases:
+        return "running" if (job.get("status") or {}).get("ready") else "pending"
+    # Only finished pods: the Job controller is about to decide (or retry).
+    # Staying "running" keeps the phase from flickering at every ending.
+    return "running"
 
 
 def cause_from_k8s(job: dict[str, Any], pods: list[dict[str, Any]], *, stage: str | None = None,
@@ -590,9 +590,12 @@ class KubernetesBackend:
             self._delete_job(handle)
         log.info("stage %s: kubernetes job %s ended: %s", handle.task.stage, handle.ref,
                  result.cause.value)
+        message = result.message
+        if result.cause in (Cause.USER_ERROR, Cause.BAD_INPUT):
+            # The stage's own summary says more than "backoff limit reached".
+            message = stage_error(text) or message
         return dataclasses.replace(result, stage=handle.task.stage, backend_ref=handle.ref,
-                                   log_tail=log_tail(text),
-                                   message=result.message or stage_error(text))
+                                   log_tail=log_tail(text), message=message)
 
     def _until_done(self, handle: Handle, events: queue.Queue[Any],
                     on_event: OnEvent | None) -> StageResult:

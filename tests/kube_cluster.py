@@ -1,0 +1,270 @@
+"""A Kubernetes stand-in for tests: kmock's API on loopback, and a podman "kubelet".
+
+`Cluster` serves kmock's stateful Kubernetes emulator over real HTTP from a
+background event loop, so the official `kubernetes` client (in the test, in
+the backend, or in a `batchline` subprocess via a kubeconfig) talks to it as
+to an API server. kmock runs no controllers; `PodmanKubelet` plays the Job
+controller and the kubelet: it runs each new Job's pod template with
+`podman kube play` and writes pod and Job status back through the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kmock
+import yaml
+from kubernetes import client, watch
+
+JOBS = kmock.resource("batch", "v1", "jobs")
+PODS = kmock.resource("", "v1", "pods")
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Cluster:
+    """kmock's Kubernetes emulator served on 127.0.0.1 from a background event loop."""
+
+    def __init__(self, namespace: str = "ns") -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.emu, self.server = self._run(self._start())
+        self.host = f"http://{self.server.host}:{self.server.port}"
+        self.api_client = client.ApiClient(client.Configuration(host=self.host))
+        self.batch = client.BatchV1Api(self.api_client)
+        self.core = client.CoreV1Api(self.api_client)
+        self.namespace = namespace
+
+    def _run(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=10)
+
+    async def _start(self) -> tuple[kmock.KubernetesEmulator, kmock.Server]:
+        emu = kmock.KubernetesEmulator()
+        await emu.__aenter__()
+        server = kmock.Server(emu)
+        await server.__aenter__()
+        # Declared so that listing works before the first object exists.
+        emu.resources["batch/v1/jobs"] = kmock.ResourceInfo(kind="Job", namespaced=True)
+        emu.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True)
+        return emu, server
+
+    async def _stop(self) -> None:
+        await self.server.__aexit__(None, None, None)
+        await self.emu.__aexit__(None, None, None)
+
+    def close(self) -> None:
+        self.api_client.close()
+        self._run(self._stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+    def kubeconfig(self, path: Path, context: str = "kmock") -> Path:
+        """Write a kubeconfig whose `context` points at this server."""
+        path.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": context,
+            "clusters": [{"name": "kmock", "cluster": {"server": self.host}}],
+            "users": [{"name": "test", "user": {"token": "test-token"}}],
+            "contexts": [{"name": context, "context": {"cluster": "kmock", "user": "test",
+                                                       "namespace": self.namespace}}],
+        }))
+        return path
+
+    def react(self, make: Callable[[kmock.KubernetesEmulator], Any]) -> Any:
+        """Add a kmock reaction on the server's own loop; returns the reaction."""
+        async def add() -> Any:
+            return make(self.emu)
+        return self._run(add())
+
+    def requests(self, *criteria: Any) -> int:
+        """How many requests matching all criteria the server has seen."""
+        view: Any = self.emu
+        for criterion in criteria:
+            view = view[criterion]
+        return len(view)
+
+    # -- what the Job controller and the kubelet would write -------------------
+
+    def can_log(self, pod: str, text: str) -> None:
+        """Serve `text` as the pod's log (kmock serves logs only as canned responses)."""
+        self.react(lambda emu: emu[f"get /api/v1/namespaces/{self.namespace}/pods/{pod}/log"]
+                   << text.encode() << {"Content-Type": "text/plain"})
+
+    def create_pod(self, pod: dict[str, Any]) -> None:
+        self.core.create_namespaced_pod(self.namespace, pod)
+
+    def set_pod(self, name: str, status: dict[str, Any]) -> None:
+        self.core.patch_namespaced_pod_status(name, self.namespace, {"status": status})
+
+    def set_job(self, name: str, **status: Any) -> None:
+        self.batch.patch_namespaced_job_status(name, self.namespace, {"status": status})
+
+    def finish_job(self, name: str, kind: str, reason: str = "", message: str = "") -> None:
+        """Write a terminal Job status as the Job controller does (Complete or Failed)."""
+        conditions = [job_condition(kind, reason, message)]
+        if kind == "Failed":
+            conditions.insert(0, job_condition("FailureTarget", reason, message))
+        counts = {"succeeded": 1} if kind == "Complete" else {"failed": 1}
+        self.set_job(name, active=None, ready=None, conditions=conditions, **counts)
+
+    def job_exists(self, name: str) -> bool:
+        try:
+            self.batch.read_namespaced_job(name, self.namespace)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+
+def job_condition(kind: str, reason: str = "", message: str = "",
+                  status: str = "True") -> dict[str, Any]:
+    stamp = now()
+    return {"type": kind, "status": status, "reason": reason, "message": message,
+            "lastProbeTime": stamp, "lastTransitionTime": stamp}
+
+
+class PodmanKubelet:
+    """Runs the pod of every Job created in a Cluster with `podman kube play --network host`.
+
+    One pod per Job, no retries: the container's exit decides the Job
+    (exit 0 Complete; exit 2 Failed by PodFailurePolicy, as the FailJob rule
+    would; anything else Failed by BackoffLimitExceeded). `env` stands in for
+    what a real cluster injects from Secrets (endpoints, credentials).
+    """
+
+    def __init__(self, cluster: Cluster, workdir: Path, env: dict[str, str] | None = None,
+                 podman_env: dict[str, str] | None = None) -> None:
+        self.cluster = cluster
+        self.workdir = workdir
+        self.env = dict(env or {})
+        self.podman_env = podman_env
+        self.jobs: list[str] = []
+        self.errors: list[BaseException] = []
+        self._stopped = threading.Event()
+        self._watch = watch.Watch()
+        self._threads: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._watch_jobs, daemon=True)
+
+    def start(self) -> PodmanKubelet:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+        while self._thread.is_alive():
+            self._watch.stop()
+            self._thread.join(timeout=0.1)
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _watch_jobs(self) -> None:
+        ns = self.cluster.namespace
+        while not self._stopped.is_set():
+            try:
+                for event in self._watch.stream(
+                        lambda **kw: self.cluster.batch.list_namespaced_job(ns, **kw),
+                        timeout_seconds=5, _request_timeout=(5, 5)):
+                    job = event["raw_object"]
+                    name = job["metadata"]["name"]
+                    if event["type"] == "ADDED" and name not in self.jobs:
+                        self.jobs.append(name)
+                        thread = threading.Thread(target=self._run_job, args=(job,), daemon=True)
+                        self._threads.append(thread)
+                        thread.start()
+            except Exception as exc:
+                if not self._stopped.is_set() and "timed out" not in str(exc):
+                    self.errors.append(exc)
+                    time.sleep(0.2)
+
+    def _podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["podman", *args], capture_output=True, text=True,
+                              env=self.podman_env, check=check, timeout=600)
+
+    def _run_job(self, job: dict[str, Any]) -> None:
+        try:
+            self._run_pod_of(job)
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def pod_of(self, job: dict[str, Any]) -> dict[str, Any]:
+        """The Pod the Job controller would create from the Job's template."""
+        name = job["metadata"]["name"]
+        template = copy.deepcopy(job["spec"]["template"])
+        spec = template["spec"]
+        for container in spec["containers"]:
+            container["env"] = [*container.get("env", []),
+                                *({"name": k, "value": v} for k, v in self.env.items())]
+        labels = {**(template.get("metadata") or {}).get("labels", {}),
+                  "batch.kubernetes.io/job-name": name, "job-name": name}
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": f"{name[:56]}-{secrets.token_hex(2)}",
+                             "namespace": self.cluster.namespace, "labels": labels,
+                             "annotations": (template.get("metadata") or {}).get(
+                                 "annotations", {}),
+                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
+                                                  "name": name, "uid": name,
+                                                  "controller": True}]},
+                "spec": spec}
+
+    def _run_pod_of(self, job: dict[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        pod = self.pod_of(job)
+        pod_name = pod["metadata"]["name"]
+        container = pod["spec"]["containers"][0]["name"]
+        self.cluster.create_pod(pod)
+        self.cluster.set_pod(pod_name, {"phase": "Pending", "startTime": now()})
+        self.cluster.set_job(name, active=1, startTime=now())
+        manifest = self.workdir / f"{pod_name}.yaml"
+        # podman wants the Pod without the API server's bookkeeping fields.
+        play = {**pod, "metadata": {"name": pod_name, "labels": pod["metadata"]["labels"]}}
+        manifest.write_text(yaml.safe_dump(play))
+        started = self._podman("kube", "play", "--network", "host", str(manifest), check=False)
+        if started.returncode != 0:
+            self.cluster.set_pod(pod_name, {"phase": "Pending", "containerStatuses": [
+                {"name": container, "ready": False, "restartCount": 0, "image": "",
+                 "imageID": "", "state": {"waiting": {"reason": "ErrImagePull",
+                                                      "message": started.stderr.strip()}}}]})
+            return
+        try:
+            self.cluster.set_pod(pod_name, {"phase": "Running", "containerStatuses": [
+                {"name": container, "ready": True, "restartCount": 0, "image": "",
+                 "imageID": "", "state": {"running": {"startedAt": now()}}}]})
+            self.cluster.set_job(name, ready=1)
+            ctr = f"{pod_name}-{container}"
+            code = int(self._podman("wait", ctr).stdout.strip())
+            logs = self._podman("logs", ctr)
+            # The log must be there before the status says the pod is done.
+            self.cluster.can_log(pod_name, logs.stdout + logs.stderr)
+        finally:
+            self._podman("kube", "down", str(manifest), check=False)
+        self._finish(name, pod_name, container, code)
+
+    def _finish(self, job: str, pod: str, container: str, code: int) -> None:
+        state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                                "startedAt": now(), "finishedAt": now()}}
+        self.cluster.set_pod(pod, {"phase": "Succeeded" if code == 0 else "Failed",
+                                   "containerStatuses": [{"name": container, "ready": False,
+                                                          "restartCount": 0, "image": "",
+                                                          "imageID": "", "state": state}]})
+        if code == 0:
+            self.cluster.finish_job(job, "Complete")
+        elif code == 2:
+            self.cluster.finish_job(job, "Failed", "PodFailurePolicy",
+                                    f"Container {container} for pod {pod} failed with exit "
+                                    "code 2 matching FailJob rule at index 0")
+        else:
+            self.cluster.finish_job(job, "Failed", "BackoffLimitExceeded",
+                                    "Job has reached the specified backoff limit")

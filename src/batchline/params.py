@@ -44,7 +44,7 @@ class FeaturesParams(_Params):
     sql: str = Field(min_length=1, description="one DuckDB SELECT over `encounters`")
     order_by: str = Field("encounter_id", description="column that makes the output order "
                           "deterministic (equal reruns give equal bytes)")
-    memory_limit: str = Field("1GB", pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
+    memory_limit: str = Field("512MB", pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
     threads: int = Field(2, ge=1, le=64)
 
 

@@ -1,8 +1,8 @@
 """features: the pipeline's feature SQL, run by DuckDB over the ingested Arrow data.
 
-The committed `encounters` dataset is handed to DuckDB as a pyarrow dataset
-(DuckDB scans Arrow directly, through pyarrow's own S3 filesystem when the
-data is remote), so no DuckDB extension is ever downloaded. The query result
+The committed `encounters` dataset is read through pyarrow (its own S3
+filesystem when the data is remote) and streamed into DuckDB, so no DuckDB
+extension is ever downloaded. The query result
 is streamed out in record batches into the committed `features` dataset.
 DuckDB spills to the task's temporary folder under its memory limit.
 """
@@ -17,6 +17,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 
 from batchline import storage
 from batchline.errors import DataError, SpecError
@@ -40,15 +41,31 @@ def connect(params: FeaturesParams) -> duckdb.DuckDBPyConnection:
     })
 
 
-def feature_reader(con: duckdb.DuckDBPyConnection, encounters: Any,
+def load_encounters(con: duckdb.DuckDBPyConnection, encounters: ds.Dataset | pa.Table) -> None:
+    """Copy the input into a DuckDB temporary table named `encounters`.
+
+    Streaming it in through a reader with minimal read-ahead, into a table that
+    DuckDB keeps under its memory limit (spilling to disk), bounds memory far
+    better than letting DuckDB scan the Arrow dataset with pyarrow's default
+    read-ahead, and lets the SQL read `encounters` as often as it likes.
+    """
+    if isinstance(encounters, pa.Table):
+        encounters = ds.dataset(encounters)
+    con.register("batchline_source", encounters.scanner(batch_readahead=1,
+                                                        fragment_readahead=1).to_reader())
+    con.execute("CREATE TEMP TABLE encounters AS SELECT * FROM batchline_source")
+    con.unregister("batchline_source")
+
+
+def feature_reader(con: duckdb.DuckDBPyConnection, encounters: ds.Dataset | pa.Table,
                    params: FeaturesParams) -> pa.RecordBatchReader:
-    """Run the feature SQL over `encounters` (any Arrow-scannable object), streamed."""
+    """Run the feature SQL over `encounters`, streamed out in record batches."""
     if not _IDENT.match(params.order_by):
         raise SpecError(f"stages.features.params.order_by: {params.order_by!r} is not a column "
                         "name")
-    con.register("encounters", encounters)
+    load_encounters(con, encounters)
     # User SQL must not read files or the network on its own: everything it
-    # sees is registered above.
+    # sees was loaded above.
     con.execute("SET enable_external_access = false")
     query = f"SELECT * FROM ({params.sql}) AS features ORDER BY {params.order_by}"
     try:

@@ -26,36 +26,35 @@ class FeatureMap:
     categorical: dict[str, list[str]]  # column -> sorted vocabulary
 
     @classmethod
-    def learn(cls, table: pa.Table, exclude: set[str], categorical: list[str]) -> FeatureMap:
-        missing = [c for c in categorical if c not in table.column_names]
+    def from_schema(cls, schema: pa.Schema, exclude: set[str],
+                    vocabularies: dict[str, list[str]]) -> FeatureMap:
+        """Numeric columns plus the categorical ones, in schema order, minus `exclude`."""
+        missing = [c for c in vocabularies if c not in schema.names]
         if missing:
             raise DataError(f"stages.train.params.categorical: columns {missing} are not in the "
-                            f"features table ({table.column_names})")
-        features = []
-        for f in table.schema:
-            if f.name in exclude:
-                continue
-            if f.name in categorical or any(is_type(f.type) for is_type in NUMERIC):
-                features.append(f.name)
-        vocab = {}
-        for name in categorical:
-            values = pc.unique(table.column(name).cast(pa.string())).drop_null()
-            vocab[name] = sorted(values.to_pylist())
-        return cls(features, vocab)
+                            f"features table ({schema.names})")
+        features = [f.name for f in schema if f.name not in exclude and (
+            f.name in vocabularies or any(is_type(f.type) for is_type in NUMERIC))]
+        return cls(features, vocabularies)
 
-    def matrix(self, table: pa.Table | pa.RecordBatch) -> np.ndarray:
-        """A float64 matrix with one column per feature; missing values are NaN."""
+    def matrix(self, table: pa.Table | pa.RecordBatch, out: np.ndarray | None = None
+               ) -> np.ndarray:
+        """A float32 matrix, one column per feature; missing and unseen values are NaN.
+
+        float32 halves the memory of float64, and LightGBM bins values anyway;
+        train and score both use it, so thresholds meet the same numbers.
+        """
         missing = [c for c in self.features if c not in table.schema.names]
         if missing:
             raise DataError(f"the features table lacks model columns {missing}; rerun features "
                             "with the SQL the model was trained on")
-        out = np.empty((table.num_rows, len(self.features)), dtype=np.float64)
+        if out is None:
+            out = np.empty((table.num_rows, len(self.features)), dtype=np.float32)
         for j, name in enumerate(self.features):
             column = table.column(name)
             if name in self.categorical:
-                codes = pc.index_in(column.cast(pa.string()),
-                                    value_set=pa.array(self.categorical[name], pa.string()))
-                column = codes
+                column = pc.index_in(column.cast(pa.string()),
+                                     value_set=pa.array(self.categorical[name], pa.string()))
             out[:, j] = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
         return out
 

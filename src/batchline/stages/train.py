@@ -1,8 +1,11 @@
 """train: LightGBM on the labelled rows, validated on the most recent ones.
 
-The model is saved in LightGBM's own text format (never pickle) together with
-`model.json`: the feature map, the label, the metrics and the sha256 of
-`model.txt`, so score can refuse a model file that was changed.
+The training matrix is filled batch by batch straight from the committed
+features dataset, with fitting rows from the top and the most recent
+(validation) rows from the bottom, so memory holds one float32 matrix and no
+Arrow copy of the table. The model is saved in LightGBM's own text format
+(never pickle) together with `model.json`: the feature map, the label, the
+metrics and the sha256 of `model.txt`, so score can refuse a changed file.
 """
 
 from __future__ import annotations
@@ -27,6 +30,17 @@ from batchline.stages.matrix import FeatureMap
 from batchline.task import StageTask
 
 log = logging.getLogger(__name__)
+BATCH_ROWS = 200_000
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Fitting rows then validation rows of one matrix (slices are views)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    n_fit: int
+    feature_map: FeatureMap
 
 
 @dataclass(frozen=True)
@@ -40,32 +54,71 @@ class TrainedModel:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
 
-def time_split(table: pa.Table, time_column: str, valid_fraction: float
-               ) -> tuple[pa.Table, pa.Table]:
-    """Sort by time and hold out the most recent `valid_fraction` of rows."""
-    if time_column not in table.column_names:
-        raise DataError(f"stages.train.params.time_column: {time_column!r} is not a column of "
-                        f"the features table")
-    table = table.sort_by([(time_column, "ascending")])
-    cut = int(table.num_rows * (1 - valid_fraction))
-    return table.slice(0, cut), table.slice(cut)
+def _days(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Time values as int64 numbers that sort like the times (dates, timestamps, numbers)."""
+    if pa.types.is_date(values.type) or pa.types.is_timestamp(values.type):
+        values = values.cast(pa.int64()) if pa.types.is_timestamp(values.type) else \
+            values.cast(pa.date32()).cast(pa.int32()).cast(pa.int64())
+    return np.asarray(values.cast(pa.float64()).to_numpy(zero_copy_only=False))
 
 
-def train(features: pa.Table, params: TrainParams) -> TrainedModel:
-    """Fit a LightGBM binary classifier on labelled rows with early stopping."""
-    if params.label not in features.column_names:
-        raise DataError(f"stages.train.params.label: {params.label!r} is not a column of the "
-                        f"features table")
-    labelled = features.filter(pc.is_valid(features.column(params.label)))
-    if labelled.num_rows < 100:
-        raise DataError(f"only {labelled.num_rows} labelled rows; train needs at least 100")
-    fit_rows, valid_rows = time_split(labelled, params.time_column, params.valid_fraction)
+def _check_columns(schema: pa.Schema, params: TrainParams) -> None:
+    for field_name, column in (("label", params.label), ("time_column", params.time_column)):
+        if column not in schema.names:
+            raise DataError(f"stages.train.params.{field_name}: {column!r} is not a column of "
+                            f"the features table ({schema.names})")
+
+
+def load_training_data(dataset: ds.Dataset, params: TrainParams) -> TrainingData:
+    """Scan the labelled rows twice: first times and categories, then the matrix."""
+    _check_columns(dataset.schema, params)
+    labelled = ds.field(params.label).is_valid()
+    times, vocab = [], {c: set[str]() for c in params.categorical}
+    for c in params.categorical:
+        if c not in dataset.schema.names:
+            raise DataError(f"stages.train.params.categorical: {c!r} is not a column of the "
+                            "features table")
+    for batch in dataset.to_batches(columns=[params.time_column, *params.categorical],
+                                    filter=labelled, batch_size=BATCH_ROWS):
+        times.append(_days(batch.column(params.time_column)))
+        for c in params.categorical:
+            vocab[c].update(pc.unique(batch.column(c).cast(pa.string())).drop_null().to_pylist())
+    all_times = np.concatenate(times) if times else np.empty(0)
+    n = len(all_times)
+    if n < 100:
+        raise DataError(f"only {n} labelled rows; train needs at least 100")
+    cut = np.sort(all_times)[int(n * (1 - params.valid_fraction))]
+    n_fit = int((all_times < cut).sum())
+    del times, all_times
+    if n_fit == 0 or n_fit == n:
+        raise DataError(f"stages.train.params.time_column: {params.time_column!r} cannot split "
+                        "the labelled rows by time (all rows share one value)")
     exclude = {params.label, params.time_column, *params.exclude}
-    fmap = FeatureMap.learn(fit_rows, exclude, params.categorical)
-    y_fit = fit_rows.column(params.label).to_numpy().astype(np.float64)
-    y_valid = valid_rows.column(params.label).to_numpy().astype(np.float64)
-    if set(np.unique(y_fit)) - {0.0, 1.0}:
-        raise DataError(f"label {params.label!r} must be 0 or 1")
+    fmap = FeatureMap.from_schema(dataset.schema, exclude,
+                                  {c: sorted(v) for c, v in vocab.items()})
+    x = np.empty((n, len(fmap.features)), dtype=np.float32)
+    y = np.empty(n, dtype=np.float32)
+    top, bottom = 0, n_fit
+    columns = list(dict.fromkeys([*fmap.features, params.label, params.time_column]))
+    for batch in dataset.to_batches(columns=columns, filter=labelled, batch_size=BATCH_ROWS):
+        is_fit = _days(batch.column(params.time_column)) < cut
+        for mask, start in ((is_fit, top), (~is_fit, bottom)):
+            part = batch.filter(pa.array(mask))
+            end = start + part.num_rows
+            fmap.matrix(part, out=x[start:end])
+            y[start:end] = part.column(params.label).cast(pa.float32()).to_numpy(
+                zero_copy_only=False)
+        top += int(is_fit.sum())
+        bottom += int((~is_fit).sum())
+    if set(np.unique(y).tolist()) - {0.0, 1.0}:
+        raise DataError(f"stages.train.params.label: {params.label!r} must be 0 or 1")
+    return TrainingData(x, y, n_fit, fmap)
+
+
+def train(data: TrainingData, params: TrainParams) -> TrainedModel:
+    """Fit a LightGBM binary classifier with early stopping on the validation rows."""
+    fmap, n_fit = data.feature_map, data.n_fit
+    x_valid, y_valid = data.x[n_fit:], data.y[n_fit:]
     booster_params = {
         "objective": "binary", "metric": ["auc", "binary_logloss"],
         "num_leaves": params.num_leaves, "learning_rate": params.learning_rate,
@@ -74,16 +127,14 @@ def train(features: pa.Table, params: TrainParams) -> TrainedModel:
         "seed": params.seed, "deterministic": True, "force_col_wise": True, "verbosity": -1,
     }
     cat = fmap.categorical_indices()
-    fit_set = lgb.Dataset(fmap.matrix(fit_rows), y_fit, feature_name=fmap.features,
+    fit_set = lgb.Dataset(data.x[:n_fit], data.y[:n_fit], feature_name=fmap.features,
                           categorical_feature=cat, free_raw_data=True)
-    valid_set = lgb.Dataset(fmap.matrix(valid_rows), y_valid, reference=fit_set,
-                            categorical_feature=cat)
+    valid_set = lgb.Dataset(x_valid, y_valid, reference=fit_set, categorical_feature=cat)
     booster = lgb.train(booster_params, fit_set, num_boost_round=params.num_boost_round,
                         valid_sets=[valid_set], valid_names=["valid"],
                         callbacks=[lgb.early_stopping(params.early_stopping_rounds,
                                                       verbose=False)])
-    p_valid = np.asarray(booster.predict(fmap.matrix(valid_rows),
-                                         num_iteration=booster.best_iteration))
+    p_valid = np.asarray(booster.predict(x_valid, num_iteration=booster.best_iteration))
     gains = booster.feature_importance("gain", iteration=booster.best_iteration)
     top = sorted(zip(fmap.features, gains.tolist(), strict=True), key=lambda t: -t[1])[:10]
     metrics = {
@@ -91,7 +142,7 @@ def train(features: pa.Table, params: TrainParams) -> TrainedModel:
         "logloss_valid": round(log_loss(y_valid, p_valid), 5),
         "calibration_valid": calibration(y_valid, p_valid, params.calibration_bins),
         "best_iteration": int(booster.best_iteration),
-        "rows_fit": fit_rows.num_rows, "rows_valid": valid_rows.num_rows,
+        "rows_fit": n_fit, "rows_valid": len(y_valid),
         "prevalence_valid": round(float(y_valid.mean()), 5),
         "importance_gain_top": [[n, round(g, 1)] for n, g in top],
     }
@@ -102,12 +153,8 @@ def train(features: pa.Table, params: TrainParams) -> TrainedModel:
 def run(task: StageTask) -> dict[str, Any]:
     """Train on the committed features; commit `model` (model.txt + model.json)."""
     params = TrainParams(**task.params)
-    dataset: ds.Dataset = storage.open_dataset(task.inputs["features"])
-    if params.label not in dataset.schema.names:
-        raise DataError(f"stages.train.params.label: {params.label!r} is not a column of "
-                        f"{task.inputs['features']}")
-    table = dataset.to_table(filter=ds.field(params.label).is_valid())
-    model = train(table, params)
+    data = load_training_data(storage.open_dataset(task.inputs["features"]), params)
+    model = train(data, params)
     meta = {"run_id": task.run_id, "stage": task.stage, "cache_key": task.cache_key}
     card = {"label": params.label, "feature_map": json.loads(model.feature_map.to_json()),
             "model_sha256": model.sha256, "model_version": model.sha256[:12],

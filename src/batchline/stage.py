@@ -19,7 +19,7 @@ import sys
 import time
 
 from batchline import STAGES
-from batchline.errors import EXIT_OOM, EXIT_RETRYABLE, BatchlineError
+from batchline.errors import EXIT_OOM, EXIT_RETRYABLE, BatchlineError, SpecError
 from batchline.storage import read_text
 from batchline.task import StageTask
 
@@ -43,7 +43,7 @@ def load_task(ref: str) -> StageTask:
     if ref.startswith("env:"):
         name = ref[len("env:"):]
         if name not in os.environ:
-            raise BatchlineError(f"--task {ref}: environment variable {name} is not set")
+            raise SpecError(f"--task {ref}: environment variable {name} is not set")
         task = StageTask.from_json(os.environ[name])
     else:
         task = StageTask.from_json(read_text(ref))
@@ -65,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task = load_task(args.task)
         if task.stage != args.stage:
-            raise BatchlineError(f"task {args.task} is for stage {task.stage!r}, "
-                                 f"not {args.stage!r}")
+            raise SpecError(f"task {args.task} is for stage {task.stage!r}, not {args.stage!r}")
         log.info("stage %s: starting (run %s, attempt %d, shard %d/%d)", task.stage, task.run_id,
                  task.attempt, task.shard_index, task.shard_count)
         summary = run_task(task)

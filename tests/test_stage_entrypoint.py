@@ -1,0 +1,57 @@
+"""`python -m batchline.stage`, the command every image and backend runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from batchline import storage
+from batchline.task import StageTask
+
+COLUMNS = {"id": "int64", "name": "string"}
+
+
+def _task(tmp_path: Path, **extra: object) -> StageTask:
+    src = tmp_path / "in.csv"
+    src.write_text("id,name\n1,a\n2,b\n3,c\n")
+    root = tmp_path / "store"
+    return StageTask(run_id="r", stage="ingest", inputs={},
+                     outputs={"encounters": str(root / "enc"), "quarantine": str(root / "q")},
+                     params={"source": str(src), "columns": COLUMNS}, storage_root=str(root),
+                     task_uri=str(root / "task.json"), cache_key="k", **extra)  # type: ignore[arg-type]
+
+
+def _stage(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "batchline.stage", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, check=False)
+
+
+def test_task_from_storage_uri(tmp_path: Path) -> None:
+    task = _task(tmp_path)
+    storage.write_text(task.task_uri, task.to_json())
+    result = _stage("ingest", "--task", task.task_uri)
+    assert result.returncode == 0, result.stderr
+    assert storage.committed(task.outputs["encounters"]).rows == 3
+    assert result.stderr.strip().splitlines()[-1].startswith('{"ok": true')
+
+
+def test_task_inline_from_env_with_shard_index(tmp_path: Path) -> None:
+    task = _task(tmp_path, shard_count=1)
+    result = _stage("ingest", "--task", "env:BATCHLINE_TASK",
+                    env={"BATCHLINE_TASK": task.to_json(), "BATCHLINE_SHARD_FROM_ENV":
+                         "JOB_COMPLETION_INDEX", "JOB_COMPLETION_INDEX": "0"})
+    assert result.returncode == 0, result.stderr
+    assert "shard 0/1" in result.stderr
+
+
+def test_bad_task_references_exit_2(tmp_path: Path) -> None:
+    task = _task(tmp_path)
+    storage.write_text(task.task_uri, task.to_json())
+    assert _stage("score", "--task", task.task_uri).returncode == 2  # wrong stage
+    missing = _stage("ingest", "--task", "env:NOPE")
+    assert missing.returncode == 2 and "NOPE is not set" in missing.stderr
+    absent = _stage("ingest", "--task", str(tmp_path / "absent.json"))
+    assert absent.returncode == 2 and "does not exist" in absent.stderr
+    assert _stage("deploy", "--task", "x").returncode == 2  # argparse: unknown stage

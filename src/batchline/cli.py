@@ -113,6 +113,23 @@ def _summary(manifest: RunManifest, seconds: float) -> None:
               f"manifest {layout.manifest_uri(manifest.root, manifest.run_id)}")
 
 
+def _line_printer() -> Callable[[RunManifest], None]:
+    """Without a terminal (CI, a launcher pod's log), one line per stage state change."""
+    seen: dict[str, tuple[str, str]] = {}
+
+    def on_change(manifest: RunManifest) -> None:
+        for stage, entry in manifest.data["stages"].items():
+            state = (entry["state"], str(entry.get("phase", "")))
+            if seen.get(stage) != state and entry["state"] != "pending":
+                seen[stage] = state
+                detail = entry.get("reason", "") if entry["state"] != "running" else \
+                    f"attempt {entry.get('attempt', 1)} {state[1]}".rstrip()
+                console.print(f"{time.strftime('%H:%M:%S')} {manifest.run_id} {stage}: "
+                              f"{entry['state']} {detail}", markup=False, highlight=False,
+                              soft_wrap=True)
+    return on_change
+
+
 def _launch(spec: PipelineSpec, root: str, backend_name: str, run_id: str,
             stages: list[str] | None, namespace: str | None, context: str | None,
             in_cluster: bool) -> None:
@@ -121,7 +138,8 @@ def _launch(spec: PipelineSpec, root: str, backend_name: str, run_id: str,
     live = Live(console=console, refresh_per_second=4, transient=True) \
         if console.is_terminal else None
     launcher = Launcher(spec, root, backend, run_id, stages,
-                        on_change=(lambda m: live.update(_stage_table(m))) if live else None)
+                        on_change=(lambda m: live.update(_stage_table(m))) if live
+                        else _line_printer())
     try:
         if live:
             with live:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -39,3 +40,22 @@ class Backend(Protocol):
     def logs(self, handle: Handle) -> str: ...
 
     def cancel(self, handle: Handle) -> None: ...
+
+
+LOG_TAIL_LINES = 20
+
+
+def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The last lines of a stage's log, for error messages."""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def last_error(text: str) -> str:
+    """The error the stage entrypoint summarised as JSON on its last line, if any."""
+    for line in reversed(text.splitlines()[-5:]):
+        if line.startswith("{"):
+            try:
+                return str(json.loads(line).get("error", ""))
+            except ValueError:
+                return ""
+    return ""

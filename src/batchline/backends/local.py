@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -13,19 +12,14 @@ import time
 from pathlib import Path
 
 from batchline import layout, storage
-from batchline.backends.base import Handle, OnEvent
+from batchline.backends.base import Handle, OnEvent, last_error, log_tail
 from batchline.task import Cause, StageResult, StageTask
 
 log = logging.getLogger(__name__)
-LOG_TAIL_LINES = 20
 
 
 def stage_command(task: StageTask) -> list[str]:
     return [sys.executable, "-m", "batchline.stage", task.stage, "--task", task.task_uri]
-
-
-def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
-    return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
 class LocalBackend:
@@ -67,7 +61,7 @@ class LocalBackend:
         if cause is Cause.OUT_OF_MEMORY and code == 137 and "out of memory" not in text:
             # SIGKILL from outside (a person, a test) is not memory pressure.
             cause = Cause.USER_ERROR
-        return StageResult(task.stage, cause, code, _last_error(text), log_tail(text),
+        return StageResult(task.stage, cause, code, last_error(text), log_tail(text),
                            handle.ref)
 
     def logs(self, handle: Handle) -> str:
@@ -84,14 +78,3 @@ class LocalBackend:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def _last_error(text: str) -> str:
-    """The error the stage entrypoint summarised on its last line, if any."""
-    for line in reversed(text.splitlines()[-5:]):
-        if line.startswith("{"):
-            try:
-                return str(json.loads(line).get("error", ""))
-            except ValueError:
-                return ""
-    return ""

@@ -1,0 +1,179 @@
+"""Container backend: each stage in its own image with `podman run` or `docker run`.
+
+The container runs the image's ENTRYPOINT (`python -m batchline.stage`) with
+`<stage> --task <uri>`, as a non-root user on a read-only root filesystem
+with a tmpfs on /tmp, no capabilities and the task's memory and CPU limits.
+Storage endpoint and credentials reach it through the environment, passed by
+name only (`--env NAME`), so their values are never on a command line, in an
+image or in a log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import time
+
+from batchline import layout, storage
+from batchline.backends.base import Handle, OnEvent, last_error, log_tail
+from batchline.errors import BackendError
+from batchline.task import Cause, StageResult, StageTask
+
+log = logging.getLogger(__name__)
+# Variables forwarded by name when set in the launcher's environment.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
+                 "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
+                 "AWS_DEFAULT_REGION", "BATCHLINE_LOG_LEVEL")
+_QUANTITY = re.compile(r"^([0-9.]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_FACTORS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
+            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+ENGINE_MISSING = 125  # podman/docker's own exit code when it could not start the container
+
+
+def memory_bytes(quantity: str) -> int:
+    """A Kubernetes memory quantity ("2Gi", "512M") as bytes."""
+    match = _QUANTITY.match(quantity)
+    if not match:
+        raise BackendError(f"invalid memory quantity {quantity!r}")
+    return int(float(match.group(1)) * _FACTORS[match.group(2)])
+
+
+def cpus(quantity: str) -> str:
+    """A Kubernetes CPU quantity ("500m", "2") as a --cpus value."""
+    return str(int(quantity[:-1]) / 1000) if quantity.endswith("m") else quantity
+
+
+def find_engine(preferred: str | None = None) -> str:
+    for name in ([preferred] if preferred else ["podman", "docker"]):
+        if shutil.which(name):
+            return name
+    raise BackendError("the container backend needs podman or docker on PATH; install one "
+                       "(Debian: make podman)")
+
+
+def local_mounts(task: StageTask) -> list[str]:
+    """Bind mounts that keep local URIs valid inside the container (same paths)."""
+    mounts = []
+    if "://" not in task.storage_root:
+        mounts += ["--volume", f"{task.storage_root}:{task.storage_root}:rw"]
+    source = str(task.params.get("source", ""))
+    if source and "://" not in source:
+        folder = source if os.path.isdir(source) else os.path.dirname(source)
+        mounts += ["--volume", f"{folder}:{folder}:ro"]
+    return mounts
+
+
+class ContainerBackend:
+    """Runs stages as local containers (podman or docker)."""
+
+    name = "container"
+    fans_out_shards = False
+
+    def __init__(self, engine: str | None = None, network: str = "host",
+                 user: str = "10001:10001", tmpfs_size: str = "2g",
+                 poll_seconds: float = 0.2) -> None:
+        self.engine = find_engine(engine)
+        self.network = network
+        self.user = user
+        self.tmpfs_size = tmpfs_size
+        self.poll_seconds = poll_seconds
+
+    def command(self, task: StageTask, container: str) -> list[str]:
+        """The full `run` command line (values of secrets never appear in it)."""
+        env = [arg for name in FORWARDED_ENV if name in os.environ for arg in ("--env", name)]
+        return [
+            self.engine, "run", "--detach", "--pull", "never", "--name", container,
+            "--read-only", "--tmpfs", f"/tmp:rw,size={self.tmpfs_size},mode=1777",  # noqa: S108
+            "--user", self.user, "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            "--network", self.network,
+            "--memory", str(memory_bytes(task.resources.memory)), "--memory-swap",
+            str(memory_bytes(task.resources.memory)), "--cpus", cpus(task.resources.cpu),
+            "--label", f"batchline.dev/run-id={task.run_id}",
+            "--label", f"batchline.dev/stage={task.stage}",
+            *env, *local_mounts(task),
+            task.image, task.stage, "--task", task.task_uri,
+        ]
+
+    def _engine(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.engine, *args], capture_output=True, text=True, check=check,
+                              timeout=120)
+
+    def submit(self, task: StageTask) -> Handle:
+        container = f"{task.name}-a{task.attempt}-{secrets.token_hex(3)}"
+        started = subprocess.run(self.command(task, container), capture_output=True, text=True,
+                                 check=False, timeout=300)
+        handle = Handle(task, container, {"start_error": "", "started": time.monotonic()})
+        if started.returncode != 0:
+            handle.extra["start_error"] = started.stderr.strip() or started.stdout.strip()
+        else:
+            log.info("stage %s: running in %s as container %s", task.stage, self.engine,
+                     container)
+        return handle
+
+    def wait(self, handle: Handle, on_event: OnEvent | None = None) -> StageResult:
+        task = handle.task
+        if handle.extra["start_error"]:
+            return self._start_failure(handle)
+        if on_event:
+            on_event(task, "running")
+        waited = self._engine("wait", handle.ref)
+        while waited.returncode != 0 and self._state(handle).get("Running"):
+            time.sleep(self.poll_seconds)  # `wait` itself failed (engine hiccup): poll
+            waited = self._engine("wait", handle.ref)
+        state = self._state(handle)
+        text = self._engine("logs", handle.ref).stdout + self._engine("logs", handle.ref).stderr
+        handle.extra["logs"] = text
+        self._save_logs(task, text)
+        self._engine("rm", "--force", handle.ref)
+        code = int(str(state.get("ExitCode", waited.stdout.strip() or 1)))
+        oom = bool(state.get("OOMKilled")) or code == 137
+        if handle.extra.get("cancelled"):
+            cause = Cause.CANCELLED
+        elif oom:
+            cause = Cause.OUT_OF_MEMORY
+        else:
+            cause = Cause.from_exit_code(code)
+        message = last_error(text)
+        if cause is Cause.OUT_OF_MEMORY:
+            message = (f"container {handle.ref} was killed at its memory limit of "
+                       f"{task.resources.memory} (exit {code})")
+        return StageResult(task.stage, cause, code, message, log_tail(text), handle.ref)
+
+    def _start_failure(self, handle: Handle) -> StageResult:
+        error = handle.extra["start_error"]
+        task = handle.task
+        self._save_logs(task, error)
+        if re.search(r"image not known|no such image|unable to find image|pull access denied",
+                     error, re.IGNORECASE):
+            return StageResult(task.stage, Cause.IMAGE_PULL, ENGINE_MISSING,
+                               f"image {task.image} is not available to {self.engine}; build it "
+                               "with `make images` or set image_registry/image_tag in the spec",
+                               error, handle.ref)
+        raise BackendError(f"{self.engine} could not start stage {task.stage}: {error}")
+
+    def _state(self, handle: Handle) -> dict[str, object]:
+        inspected = self._engine("inspect", "--format", "{{json .State}}", handle.ref)
+        try:
+            state: dict[str, object] = json.loads(inspected.stdout or "{}")
+        except ValueError:
+            return {}
+        return state
+
+    def _save_logs(self, task: StageTask, text: str) -> None:
+        shard = task.shard_index if task.shard_count > 1 else None
+        storage.write_text(layout.log_uri(task.storage_root, task.run_id, task.stage,
+                                          task.attempt, shard), text)
+
+    def logs(self, handle: Handle) -> str:
+        if "logs" in handle.extra:
+            return str(handle.extra["logs"])
+        return self._engine("logs", handle.ref).stderr
+
+    def cancel(self, handle: Handle) -> None:
+        handle.extra["cancelled"] = True
+        self._engine("stop", "--time", "10", handle.ref)

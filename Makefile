@@ -24,7 +24,7 @@ demo: setup  ## generate ROWS rows of demo data and run the pipeline locally
 	$(BIN)/batchline run jobs/readmission.yaml --storage batchline-data \
 	  --set stages.ingest.params.source=demo-data/encounters.csv
 
-test: setup podman  ## run every test, slow end-to-end ones included (installs podman)
+test: setup podman base-image images  ## every test, slow end-to-end ones too (podman, images)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: setup  ## unit tests only
@@ -38,13 +38,13 @@ lint: setup  ## ruff, mypy, hadolint
 podman:  ## install and configure podman (Debian; root)
 	bash images/setup-podman.sh
 
-base-image:  ## air-gapped Debian base image from Debian packages (debootstrap)
+base-image: podman  ## air-gapped Debian base image from Debian packages (debootstrap)
 	bash images/build-base.sh
 
 wheelhouse: setup  ## wheels for the images, built on the host
 	bash images/build-wheelhouse.sh $(BIN)/pip
 
-images: wheelhouse  ## build every stage image (docker or podman)
+images: wheelhouse  ## build every stage image and the launcher (podman or docker)
 	bash images/build-images.sh
 
 bench: setup  ## benchmarks against their baselines; writes bench/results.md

@@ -103,3 +103,19 @@ def fingerprints(root: str, run_id: str) -> dict[str, str]:
         for name, uri in entry.get("outputs", {}).items():
             out[f"{stage}.{name}"] = storage.committed(uri).fingerprint
     return out
+
+
+IMAGES = ("ingest", "features", "train", "score", "launcher")
+
+
+@pytest.fixture(scope="session")
+def stage_images() -> dict[str, str]:
+    """The built images (make images; `make test` builds them first)."""
+    from batchline.spec import load_spec
+
+    spec = load_spec(SPEC)
+    images = {name: spec.image(name) for name in IMAGES}
+    missing = [ref for ref in images.values()
+               if subprocess.run(["podman", "image", "exists", ref], check=False).returncode]
+    assert not missing, f"images {missing} are missing: run `make images` (make test does)"
+    return images

@@ -21,7 +21,7 @@ from rich.table import Table
 
 from batchline import STAGES, layout, storage
 from batchline.backends import get_backend
-from batchline.errors import EXIT_BAD_INPUT, BatchlineError, StageFailed
+from batchline.errors import EXIT_BAD_INPUT, BatchlineError, SpecError, StageFailed
 from batchline.launcher import Launcher, resume_hint
 from batchline.manifest import RunManifest, list_runs
 from batchline.spec import PipelineSpec, load_spec, parse_set, parse_spec
@@ -63,11 +63,23 @@ def _root(storage_opt: str | None, spec: PipelineSpec | None = None) -> str:
     return root.rstrip("/")
 
 
-def _backend(name: str, namespace: str | None, context: str | None, in_cluster: bool) -> Any:
+# Plain settings a stage pod needs to find storage; credentials are never
+# copied (in a cluster they come from IRSA or the Secret named by --secret).
+POD_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def _backend(name: str, spec: PipelineSpec, namespace: str | None, context: str | None,
+             in_cluster: bool, secret: str | None = None) -> Any:
     options: dict[str, object] = {}
     if name == "kubernetes":
-        options = {"namespace": namespace or "batchline", "context": context,
-                   "in_cluster": in_cluster}
+        k8s = spec.kubernetes
+        options = {"namespace": namespace or k8s.namespace, "context": context,
+                   "in_cluster": in_cluster, "service_account": k8s.service_account,
+                   "ttl_seconds": k8s.ttl_seconds_after_finished,
+                   # The launcher retries by cause with a new Job per attempt,
+                   # so the Job controller itself does not retry.
+                   "backoff_limit": 0, "env_from_secret": secret,
+                   "env": {k: os.environ[k] for k in POD_ENV if k in os.environ}}
     return get_backend(name, options)
 
 
@@ -132,8 +144,8 @@ def _line_printer() -> Callable[[RunManifest], None]:
 
 def _launch(spec: PipelineSpec, root: str, backend_name: str, run_id: str,
             stages: list[str] | None, namespace: str | None, context: str | None,
-            in_cluster: bool) -> None:
-    backend = _backend(backend_name, namespace, context, in_cluster)
+            in_cluster: bool, secret: str | None = None) -> None:
+    backend = _backend(backend_name, spec, namespace, context, in_cluster, secret)
     started = time.monotonic()
     live = Live(console=console, refresh_per_second=4, transient=True) \
         if console.is_terminal else None
@@ -165,6 +177,8 @@ def run(
     namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace")] = None,
     context: Annotated[str | None, typer.Option(help="kubeconfig context")] = None,
     in_cluster: Annotated[bool, typer.Option(help="use the pod's service account")] = False,
+    secret: Annotated[str | None, typer.Option(help="Kubernetes Secret with storage "
+                                               "credentials for stage pods (envFrom)")] = None,
 ) -> None:
     """Run a pipeline: every stage, or --stages; unchanged stages are reused."""
     def body() -> None:
@@ -173,7 +187,7 @@ def run(
         root = _root(storage_opt, spec)
         rid = layout.check_run_id(run_id) if run_id else layout.new_run_id(spec.name)
         selected = [s.strip() for s in stages.split(",")] if stages else None
-        _launch(spec, root, backend, rid, selected, namespace, context, in_cluster)
+        _launch(spec, root, backend, rid, selected, namespace, context, in_cluster, secret)
     _guard(body)
 
 
@@ -194,6 +208,7 @@ def resume(
     namespace: Annotated[str | None, typer.Option()] = None,
     context: Annotated[str | None, typer.Option()] = None,
     in_cluster: Annotated[bool, typer.Option()] = False,
+    secret: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Rerun a run from the first stage that did not commit (same spec, same run id)."""
     def body() -> None:
@@ -201,7 +216,7 @@ def resume(
         manifest = RunManifest.load(root, run_id)
         spec = parse_spec(manifest.data["spec"], f"manifest of run {run_id}")
         _launch(spec, root, backend or manifest.data["backend"], run_id,
-                manifest.data["selected_stages"], namespace, context, in_cluster)
+                manifest.data["selected_stages"], namespace, context, in_cluster, secret)
     _guard(body)
 
 
@@ -305,7 +320,9 @@ def render(spec_path: Annotated[str, typer.Argument(metavar="SPEC")],
            backend: BackendOpt = "kubernetes",
            run_id: Annotated[str | None, typer.Option("--run-id")] = None,
            storage_opt: StorageOpt = None,
-           set_: Annotated[list[str] | None, typer.Option("--set")] = None) -> None:
+           set_: Annotated[list[str] | None, typer.Option("--set")] = None,
+           secret: Annotated[str | None, typer.Option(help="Secret with storage credentials "
+                                                      "for the pods (envFrom)")] = None) -> None:
     """Print one run's Kubernetes Jobs as YAML, for people who submit with kubectl."""
     def body() -> None:
         import yaml
@@ -316,7 +333,13 @@ def render(spec_path: Annotated[str, typer.Argument(metavar="SPEC")],
             raise BatchlineError("render supports --backend kubernetes only")
         spec = load_spec(spec_path, parse_set(set_ or []))
         rid = layout.check_run_id(run_id) if run_id else layout.new_run_id(spec.name)
-        docs = render_run(spec, rid, _root(storage_opt, spec))
+        root = _root(storage_opt, spec)
+        source = str(spec.stages["ingest"].params.get("source", ""))
+        for what, uri in (("--storage", root), ("stages.ingest.params.source", source)):
+            if not uri.startswith("s3://"):
+                raise SpecError(f"render: {what} is {uri!r}; pods cannot see this machine's "
+                                "folders, use an s3:// URI")
+        docs = render_run(spec, rid, root, env_from_secret=secret)
         sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
     _guard(body)
 

@@ -156,21 +156,9 @@ class Launcher:
         log.info("stage %s: %s (%s)", stage, state, reason)
 
     def _task(self, stage: str, key: str, outputs: dict[str, str], attempt: int) -> StageTask:
-        stage_spec = self.spec.stages[stage]
         inputs = {name: self.outputs[s][o] for name, (s, o) in layout.INPUTS[stage].items()}
-        res = stage_spec.resources
-        placement: dict[str, Any] = {
-            "node_selector": dict(stage_spec.node_selector),
-            "tolerations": [t.model_dump(exclude_none=True) for t in stage_spec.tolerations],
-            "pipeline": self.spec.name,
-        }
-        return StageTask(
-            run_id=self.run_id, stage=stage, inputs=inputs, outputs=outputs,
-            params=self.spec.params(stage).model_dump(mode="json"), storage_root=self.root,
-            task_uri=layout.task_uri(self.root, self.run_id, stage, attempt),
-            cache_key=key, image=self.spec.image(stage), attempt=attempt,
-            shard_count=stage_spec.shards,
-            resources=Resources(res.cpu, res.memory, res.timeout_seconds), placement=placement)
+        return stage_task(self.spec, self.root, self.run_id, stage, inputs, outputs, key,
+                          attempt)
 
     def _attempt(self, stage: str, key: str, parts: dict[str, Any],
                  outputs: dict[str, str]) -> None:
@@ -246,6 +234,24 @@ class Launcher:
             storage.commit_union(uri, shards, meta={"run_id": task.run_id, "stage": task.stage,
                                                     "cache_key": task.cache_key,
                                                     "output": output})
+
+
+def stage_task(spec: PipelineSpec, root: str, run_id: str, stage: str, inputs: dict[str, str],
+               outputs: dict[str, str], cache_key: str, attempt: int = 1) -> StageTask:
+    """The StageTask for one attempt of `stage`, from the spec and resolved URIs."""
+    stage_spec = spec.stages[stage]
+    res = stage_spec.resources
+    placement: dict[str, Any] = {
+        "node_selector": dict(stage_spec.node_selector),
+        "tolerations": [t.model_dump(exclude_none=True) for t in stage_spec.tolerations],
+        "pipeline": spec.name,
+    }
+    return StageTask(
+        run_id=run_id, stage=stage, inputs=inputs, outputs=outputs,
+        params=spec.params(stage).model_dump(mode="json"), storage_root=root,
+        task_uri=layout.task_uri(root, run_id, stage, attempt), cache_key=cache_key,
+        image=spec.image(stage), attempt=attempt, shard_count=stage_spec.shards,
+        resources=Resources(res.cpu, res.memory, res.timeout_seconds), placement=placement)
 
 
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -18,8 +18,8 @@ import os
 import sys
 import time
 
-from batchline import STAGES
-from batchline.errors import EXIT_OOM, EXIT_RETRYABLE, BatchlineError, SpecError
+from batchline import STAGES, storage
+from batchline.errors import EXIT_OOM, EXIT_RETRYABLE, BatchlineError, SpecError, StorageError
 from batchline.storage import read_text
 from batchline.task import StageTask
 
@@ -53,11 +53,28 @@ def load_task(ref: str) -> StageTask:
     return task
 
 
+def wait_for_inputs(task: StageTask, seconds: int, poll: float = 5.0) -> None:
+    """Block until every input dataset is committed, or fail after `seconds`.
+
+    Lets all of a run's Jobs be applied at once with kubectl: each stage
+    starts its work when the stages it reads from have committed.
+    """
+    deadline = time.monotonic() + seconds
+    for uri in task.inputs.values():
+        while storage.read_success(uri) is None:
+            if time.monotonic() > deadline:
+                raise StorageError(f"input {uri} was not committed within {seconds}s; check the "
+                                   "upstream stage's Job")
+            time.sleep(poll)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchline.stage")
     parser.add_argument("stage", choices=STAGES)
     parser.add_argument("--task", required=True,
                         help="URI of the task JSON written by the launcher, or env:NAME")
+    parser.add_argument("--wait-inputs", type=int, default=0, metavar="SECONDS",
+                        help="wait up to SECONDS for the inputs to be committed")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -68,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             raise SpecError(f"task {args.task} is for stage {task.stage!r}, not {args.stage!r}")
         log.info("stage %s: starting (run %s, attempt %d, shard %d/%d)", task.stage, task.run_id,
                  task.attempt, task.shard_index, task.shard_count)
+        if args.wait_inputs:
+            wait_for_inputs(task, args.wait_inputs)
         summary = run_task(task)
     except BatchlineError as exc:
         log.error("stage %s: %s", args.stage, exc)

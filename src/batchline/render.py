@@ -1,0 +1,41 @@
+"""`batchline render`: one run's Jobs as YAML for people who submit with kubectl.
+
+Each Job carries its task inline (no launcher writes task files) and waits
+for its inputs to be committed, so `kubectl apply -f` of all four starts the
+whole run: features begins when ingest has committed, and so on. Such runs
+have no cache keys; `batchline run --backend kubernetes` is the way to get
+caching, retries by cause and a manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchline import STAGES, layout
+from batchline.backends.kubernetes_job import job_manifest
+from batchline.launcher import stage_task
+from batchline.spec import PipelineSpec
+from batchline.task import StageTask
+
+
+def tasks_for_run(spec: PipelineSpec, run_id: str, root: str) -> list[StageTask]:
+    """The first attempt of every stage of a run, with URIs from the layout."""
+    tasks = []
+    for stage in STAGES:
+        inputs = {name: layout.output_uri(root, run_id, s, o)
+                  for name, (s, o) in layout.INPUTS[stage].items()}
+        outputs = {o: layout.output_uri(root, run_id, stage, o) for o in layout.OUTPUTS[stage]}
+        tasks.append(stage_task(spec, root, run_id, stage, inputs, outputs, cache_key=""))
+    return tasks
+
+
+def render_run(spec: PipelineSpec, run_id: str, root: str,
+               env_from_secret: str | None = None) -> list[dict[str, Any]]:
+    """Job manifests for every stage of one run, in pipeline order."""
+    k8s = spec.kubernetes
+    return [job_manifest(task, namespace=k8s.namespace, service_account=k8s.service_account,
+                         ttl_seconds_after_finished=k8s.ttl_seconds_after_finished,
+                         backoff_limit=spec.stages[task.stage].retries,
+                         env_from_secret=env_from_secret, inline_task=True,
+                         wait_inputs_seconds=task.resources.timeout_seconds)
+            for task in tasks_for_run(spec, run_id, root)]

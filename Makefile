@@ -6,7 +6,7 @@ ROWS ?= 200000
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint images base-image wheelhouse podman bench clean
+.PHONY: help setup demo test test-fast lint images base-image wheelhouse podman bench bench-images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -47,8 +47,11 @@ wheelhouse: setup  ## wheels for the images, built on the host
 images: wheelhouse  ## build every stage image and the launcher (podman or docker)
 	bash images/build-images.sh
 
-bench: setup  ## benchmarks against their baselines; writes bench/results.md
+bench: setup  ## demo at 1M and 5M rows vs a pandas script; appends to bench/results.md
 	$(BIN)/python bench/run.py
+
+bench-images: images  ## image sizes and container start overhead vs local processes
+	$(BIN)/python bench/bench_images.py
 
 clean:  ## remove generated data and build output
 	rm -rf batchline-data demo-data build

@@ -1,0 +1,116 @@
+"""Image sizes, and the per-stage start overhead of the container backend.
+
+Runs the same tiny ingest task (ten rows, so the stage's own work is next to
+nothing) five times on the local backend (a subprocess) and five times on the
+container backend (podman run of the ingest image), both against one moto S3
+server on loopback, and reports the median wall time of each and their
+difference. Appends a section to bench/results.md.
+
+Usage: python bench/bench_images.py   (needs `make images`)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import boto3
+from moto.server import ThreadedMotoServer
+
+from batchline import layout, storage
+from batchline.backends.container import ContainerBackend
+from batchline.backends.local import LocalBackend
+from batchline.spec import load_spec
+from batchline.task import StageTask
+
+HERE = Path(__file__).resolve().parent
+SPEC = HERE.parent / "jobs" / "readmission.yaml"
+IMAGES = ("ingest", "features", "train", "score", "launcher")
+REPEATS = 5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def image_sizes() -> dict[str, float]:
+    spec = load_spec(SPEC)
+    sizes = {}
+    for name in (*IMAGES, "base"):
+        ref = spec.image(name) if name != "base" else "localhost/base-python:bookworm"
+        out = subprocess.run(["podman", "image", "inspect", "--format", "{{.Size}}", ref],
+                             capture_output=True, text=True, check=True).stdout
+        sizes[name] = int(out.strip()) / 1e6
+    return sizes
+
+
+def _task(root: str, attempt: int, image: str) -> StageTask:
+    task = StageTask(
+        run_id="bench", stage="ingest", inputs={},
+        outputs={o: layout.output_uri(root, f"b{attempt}", "ingest", o)
+                 for o in layout.OUTPUTS["ingest"]},
+        params={"source": "s3://bench/tiny.csv", "columns": {"a": "int64", "b": "string"}},
+        storage_root=root, task_uri=layout.task_uri(root, "bench", "ingest", attempt),
+        cache_key="k", image=image, attempt=attempt)
+    storage.write_text(task.task_uri, task.to_json())
+    return task
+
+
+def start_overhead() -> dict[str, float]:
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+                       "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "AWS_REGION": "us-east-1"})
+    s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    s3.create_bucket(Bucket="bench")
+    s3.put_object(Bucket="bench", Key="tiny.csv",
+                  Body=b"a,b\n" + b"".join(f"{i},x\n".encode() for i in range(10)))
+    image = load_spec(SPEC).image("ingest")
+    medians = {}
+    try:
+        for backend in (LocalBackend(), ContainerBackend()):
+            times = []
+            for attempt in range(1, REPEATS + 1):
+                task = _task(f"s3://bench/{backend.name}", attempt, image)
+                started = time.monotonic()
+                result = backend.wait(backend.submit(task))
+                times.append(time.monotonic() - started)
+                assert result.ok, result
+            medians[backend.name] = statistics.median(times)
+    finally:
+        server.stop()
+    return medians
+
+
+def main() -> None:
+    sizes = image_sizes()
+    medians = start_overhead()
+    lines = [
+        f"## Stage images and container start overhead ({time.strftime('%Y-%m-%d')})", "",
+        "`python bench/bench_images.py`: sizes from `podman image inspect` (uncompressed); "
+        f"start overhead = median of {REPEATS} runs of a ten-row ingest task on each backend "
+        "against one moto S3 server (podman 4.3, runc, cgroupfs).", "",
+        "| image | size MB |", "|---|---:|",
+        *[f"| {name} | {size:.0f} |" for name, size in sizes.items()], "",
+        "| backend | median wall s per stage |", "|---|---:|",
+        *[f"| {name} | {seconds:.2f} |" for name, seconds in medians.items()], "",
+        f"Container start overhead per stage: {medians['container'] - medians['local']:.2f} s.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    with open(HERE / "results.md", "a") as handle:
+        handle.write("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -481,8 +481,9 @@ class KubernetesBackend:
     """Runs each stage attempt as a Kubernetes Job and watches it to the end."""
 
     name = "kubernetes"
-    # One Job per task as the launcher hands it over (shards arrive one by one).
-    fans_out_shards = False
+    # A sharded task is one Indexed Job (see kubernetes_job.job_manifest):
+    # Kubernetes runs and retries the shards, each pod's log goes to its shard.
+    fans_out_shards = True
 
     def __init__(self, namespace: str = "batchline", context: str | None = None,
                  in_cluster: bool = False, *, kubeconfig: str | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import ROOT, SPEC
+from conftest import ROOT, SPEC, run_cli
 
 from batchline import layout
 from batchline.backends.kubernetes_job import UID, job_manifest, pod_manifest
@@ -143,6 +143,30 @@ def test_golden_manifests_show_the_intended_shapes() -> None:
 
     bare = yaml.safe_load((GOLDEN / "pod.yaml").read_text(encoding="utf-8"))
     assert bare["kind"] == "Pod" and bare["spec"]["restartPolicy"] == "Never"
+
+
+def test_rendered_run_jobs_pass_every_check() -> None:
+    """`batchline render` (what people pipe into kubectl) goes through the same checks."""
+    result = run_cli("render", str(SPEC), "--storage", ROOT_URI, "--run-id", RUN_ID,
+                     "--secret", "batchline-storage", "--set", "stages.score.shards=3",
+                     "--set", "stages.ingest.params.source=s3://example-bucket/landing/e.csv",
+                     env={"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"})
+    assert result.returncode == 0, result.stderr
+    jobs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert [j["metadata"]["labels"]["batchline.dev/stage"] for j in jobs] == [
+        "ingest", "features", "train", "score"]
+    assert jobs[-1]["spec"]["completionMode"] == "Indexed"
+    # A credential in the launcher's environment never reaches a manifest.
+    assert "EXAMPLEKEY" not in result.stdout and not _credential_findings(result.stdout)
+    for job in jobs:
+        where = f"render {job['metadata']['name']}"
+        for version in VERSIONS:
+            kubernetes_validate.validate(job, version, strict=True)
+        _check_names_and_labels(where, job)
+        _assert_hardened(where, job["spec"]["template"])
+        assert job["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+        assert job["spec"]["template"]["spec"]["containers"][0]["envFrom"] == [
+            {"secretRef": {"name": "batchline-storage"}}]
 
 
 # --- the kustomize tree --------------------------------------------------------

@@ -11,6 +11,7 @@ controller and the kubelet: it runs each new Job's pod template with
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import secrets
@@ -59,6 +60,7 @@ class Cluster:
         # Declared so that listing works before the first object exists.
         emu.resources["batch/v1/jobs"] = kmock.ResourceInfo(kind="Job", namespaced=True)
         emu.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True)
+        emu.resources["v1/secrets"] = kmock.ResourceInfo(kind="Secret", namespaced=True)
         return emu, server
 
     async def _stop(self) -> None:
@@ -119,6 +121,13 @@ class Cluster:
         counts = {"succeeded": 1} if kind == "Complete" else {"failed": 1}
         self.set_job(name, active=None, ready=None, conditions=conditions, **counts)
 
+    def create_secret(self, name: str, values: dict[str, str]) -> None:
+        """A Secret as `kubectl create secret generic` stores it (base64 data)."""
+        data = {k: base64.b64encode(v.encode()).decode() for k, v in values.items()}
+        self.core.create_namespaced_secret(self.namespace, {
+            "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": self.namespace}, "data": data})
+
     def job_exists(self, name: str) -> bool:
         try:
             self.batch.read_namespaced_job(name, self.namespace)
@@ -141,17 +150,17 @@ class PodmanKubelet:
 
     One pod per Job, no retries: the container's exit decides the Job
     (exit 0 Complete; exit 2 Failed by PodFailurePolicy, as the FailJob rule
-    would; anything else Failed by BackoffLimitExceeded). `env` stands in for
-    what a real cluster injects from Secrets (endpoints, credentials).
+    would; anything else Failed by BackoffLimitExceeded). Like a kubelet, it
+    resolves `envFrom: secretRef` from the Secrets stored in the API server.
     """
 
-    def __init__(self, cluster: Cluster, workdir: Path, env: dict[str, str] | None = None,
+    def __init__(self, cluster: Cluster, workdir: Path,
                  podman_env: dict[str, str] | None = None) -> None:
         self.cluster = cluster
         self.workdir = workdir
-        self.env = dict(env or {})
         self.podman_env = podman_env
         self.jobs: list[str] = []
+        self.images: list[str] = []
         self.errors: list[BaseException] = []
         self._stopped = threading.Event()
         self._watch = watch.Watch()
@@ -204,9 +213,6 @@ class PodmanKubelet:
         name = job["metadata"]["name"]
         template = copy.deepcopy(job["spec"]["template"])
         spec = template["spec"]
-        for container in spec["containers"]:
-            container["env"] = [*container.get("env", []),
-                                *({"name": k, "value": v} for k, v in self.env.items())]
         labels = {**(template.get("metadata") or {}).get("labels", {}),
                   "batch.kubernetes.io/job-name": name, "job-name": name}
         return {"apiVersion": "v1", "kind": "Pod",
@@ -228,8 +234,11 @@ class PodmanKubelet:
         self.cluster.set_pod(pod_name, {"phase": "Pending", "startTime": now()})
         self.cluster.set_job(name, active=1, startTime=now())
         manifest = self.workdir / f"{pod_name}.yaml"
-        # podman wants the Pod without the API server's bookkeeping fields.
-        play = {**pod, "metadata": {"name": pod_name, "labels": pod["metadata"]["labels"]}}
+        # podman wants the Pod without the API server's bookkeeping fields,
+        # and Secrets resolved into plain env, as a kubelet hands them over.
+        play = {**pod, "metadata": {"name": pod_name, "labels": pod["metadata"]["labels"]},
+                "spec": self._resolve_secrets(pod["spec"])}
+        self.images.extend(c["image"] for c in pod["spec"]["containers"])
         manifest.write_text(yaml.safe_dump(play))
         started = self._podman("kube", "play", "--network", "host", str(manifest), check=False)
         if started.returncode != 0:
@@ -251,6 +260,20 @@ class PodmanKubelet:
         finally:
             self._podman("kube", "down", str(manifest), check=False)
         self._finish(name, pod_name, container, code)
+
+    def _resolve_secrets(self, spec: dict[str, Any]) -> dict[str, Any]:
+        spec = copy.deepcopy(spec)
+        for container in spec["containers"]:
+            values: list[dict[str, Any]] = []
+            for source in container.pop("envFrom", []):
+                name = source["secretRef"]["name"]
+                secret = self.cluster.core.read_namespaced_secret(
+                    name, self.cluster.namespace, _preload_content=False).json()
+                data = {k: base64.b64decode(v).decode() for k, v in
+                        (secret.get("data") or {}).items()}
+                values += [{"name": k, "value": v} for k, v in sorted(data.items())]
+            container["env"] = [*values, *container.get("env", [])]  # explicit env wins
+        return spec
 
     def _finish(self, job: str, pod: str, container: str, code: int) -> None:
         state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",

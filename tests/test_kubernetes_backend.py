@@ -22,7 +22,6 @@ from typing import Any
 
 import kmock
 import pytest
-from batchline.backends.kubernetes_job import job_manifest
 from kube_cluster import JOBS, PODS, Cluster
 
 from batchline import layout, storage
@@ -37,6 +36,7 @@ from batchline.backends.kubernetes import (
     is_pod_of,
     phase_from_k8s,
 )
+from batchline.backends.kubernetes_job import job_manifest
 from batchline.errors import BackendError
 from batchline.task import Cause, StageResult, StageTask
 

@@ -21,6 +21,7 @@ EXIT_BAD_INPUT = 2
 ANNOTATION_CACHE_KEY = "batchline.dev/cache-key"
 ANNOTATION_TASK_URI = "batchline.dev/task-uri"
 INLINE_TASK_ENV = "BATCHLINE_TASK"
+TMP_SIZE = "2Gi"
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -69,8 +70,11 @@ def pod_spec(task: StageTask, *, service_account: str = "batchline-stage",
         "imagePullPolicy": "IfNotPresent",
         "args": args,
         "resources": {
-            "requests": {"cpu": task.resources.cpu, "memory": task.resources.memory},
-            "limits": {"memory": task.resources.memory},
+            # /tmp is an emptyDir on the node's disk: ask for it, so the
+            # scheduler counts it and the kubelet evicts a runaway stage.
+            "requests": {"cpu": task.resources.cpu, "memory": task.resources.memory,
+                         "ephemeral-storage": TMP_SIZE},
+            "limits": {"memory": task.resources.memory, "ephemeral-storage": TMP_SIZE},
         },
         "securityContext": {
             "allowPrivilegeEscalation": False,
@@ -94,7 +98,7 @@ def pod_spec(task: StageTask, *, service_account: str = "batchline-stage",
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}}],
     }
     if task.placement.get("node_selector"):
         spec["nodeSelector"] = dict(task.placement["node_selector"])
@@ -148,6 +152,8 @@ def job_manifest(task: StageTask, *, namespace: str, service_account: str = "bat
 
 def pod_manifest(task: StageTask, *, namespace: str, **options: Any) -> dict[str, Any]:
     """The Job's pod as a bare v1 Pod (for `podman kube play` and debugging)."""
+    spec = pod_spec(task, **options)
+    spec["activeDeadlineSeconds"] = task.resources.timeout_seconds
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": job_name(task), "namespace": namespace, "labels": labels(task)},
-            "spec": pod_spec(task, **options)}
+            "spec": spec}

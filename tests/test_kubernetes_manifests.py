@@ -486,3 +486,28 @@ def test_credential_scan_finds_planted_secrets() -> None:
     assert _credential_findings("-----BEGIN RSA PRIVATE KEY-----\nMII")
     assert _credential_findings("id: AKIAIOSFODNN7EXAMPLE")
     assert any(re.search("ACCESS_KEY", n) for n, _ in _env_with_values(yaml.safe_load(text)))
+
+
+def test_rendered_deadlines_leave_each_stage_its_own_timeout() -> None:
+    """kubectl applies all four Jobs at once: waiting for upstream stages must not
+    use up a stage's own timeout, and no stage may give up waiting too early."""
+    from batchline.render import render_run
+
+    spec = parse_spec(yaml.safe_load(SPEC.read_text(encoding="utf-8")), "spec", {
+        "stages.ingest.params.source": "s3://example-bucket/landing/e.csv",
+        "stages.ingest.resources.timeout_seconds": 100,
+        "stages.features.resources.timeout_seconds": 200,
+        "stages.train.resources.timeout_seconds": 400,
+        "stages.score.resources.timeout_seconds": 800})
+    jobs = {j["metadata"]["labels"]["batchline.dev/stage"]: j
+            for j in render_run(spec, RUN_ID, ROOT_URI)}
+    # The longest upstream chain: score reads features and train (which reads features).
+    waits = {"ingest": 0, "features": 100, "train": 300, "score": 700}
+    for stage, job in jobs.items():
+        args = job["spec"]["template"]["spec"]["containers"][0]["args"]
+        own = spec.stages[stage].resources.timeout_seconds
+        assert job["spec"]["activeDeadlineSeconds"] == waits[stage] + own, stage
+        if waits[stage]:
+            assert args[-2:] == ["--wait-inputs", str(waits[stage])], stage
+        else:
+            assert "--wait-inputs" not in args, stage

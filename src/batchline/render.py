@@ -29,13 +29,31 @@ def tasks_for_run(spec: PipelineSpec, run_id: str, root: str) -> list[StageTask]
     return tasks
 
 
+def upstream_seconds(spec: PipelineSpec) -> dict[str, int]:
+    """How long each stage may have to wait for its inputs: the longest chain of
+    upstream timeouts (ingest waits 0, score waits ingest + features + train)."""
+    waits: dict[str, int] = {}
+    for stage in STAGES:  # pipeline order: every input stage is already known
+        waits[stage] = max((waits[s] + spec.stages[s].resources.timeout_seconds
+                            for s, _ in layout.INPUTS[stage].values()), default=0)
+    return waits
+
+
 def render_run(spec: PipelineSpec, run_id: str, root: str,
                env_from_secret: str | None = None) -> list[dict[str, Any]]:
     """Job manifests for every stage of one run, in pipeline order."""
     k8s = spec.kubernetes
-    return [job_manifest(task, namespace=k8s.namespace, service_account=k8s.service_account,
-                         ttl_seconds_after_finished=k8s.ttl_seconds_after_finished,
-                         backoff_limit=spec.stages[task.stage].retries,
-                         env_from_secret=env_from_secret, inline_task=True,
-                         wait_inputs_seconds=task.resources.timeout_seconds)
-            for task in tasks_for_run(spec, run_id, root)]
+    waits = upstream_seconds(spec)
+    jobs = []
+    for task in tasks_for_run(spec, run_id, root):
+        job = job_manifest(task, namespace=k8s.namespace, service_account=k8s.service_account,
+                           ttl_seconds_after_finished=k8s.ttl_seconds_after_finished,
+                           backoff_limit=spec.stages[task.stage].retries,
+                           env_from_secret=env_from_secret, inline_task=True,
+                           wait_inputs_seconds=waits[task.stage])
+        # All Jobs are applied at once and a Job's deadline runs from its
+        # start, so the waiting for upstream stages must not eat into the
+        # stage's own timeout.
+        job["spec"]["activeDeadlineSeconds"] = waits[task.stage] + task.resources.timeout_seconds
+        jobs.append(job)
+    return jobs

@@ -31,12 +31,14 @@ from batchline.backends.kubernetes import (
     ANNOTATION_TASK_URI,
     KubernetesBackend,
     Retry,
+)
+from batchline.backends.kubernetes_job import job_manifest
+from batchline.backends.kubernetes_status import (
     UnknownK8sStateError,
     cause_from_k8s,
     is_pod_of,
     phase_from_k8s,
 )
-from batchline.backends.kubernetes_job import job_manifest
 from batchline.errors import BackendError
 from batchline.task import Cause, StageResult, StageTask
 

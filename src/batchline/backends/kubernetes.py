@@ -6,10 +6,9 @@ left by an earlier launcher), watches the Job and its pods until they reach an
 end state, copies the pods' logs into storage (pods vanish with the Job's
 TTL), and translates what it saw into one StageResult.
 
-The translators at the top (`cause_from_k8s`, `phase_from_k8s`) are pure
-functions over API objects as plain dicts (camelCase, as the server sends
-them), so they are tested without any server. The official `kubernetes`
-client is an optional extra, imported only when a backend is built.
+What Job and pod states mean is decided by the pure translators in
+`kubernetes_status.py`. The official `kubernetes` client is an optional
+extra, imported only when a backend is built.
 """
 
 from __future__ import annotations
@@ -18,16 +17,25 @@ import dataclasses
 import json
 import logging
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any, TypeVar
 
 from batchline import layout, storage
 from batchline.backends.base import Handle, OnEvent
+from batchline.backends.kubernetes_status import (
+    COMPLETION_INDEX_ANNOTATION,
+    COMPLETION_INDEX_LABEL,
+    cause_from_k8s,
+    is_pod_of,
+    log_tail,
+    name_of,
+    phase_from_k8s,
+    pod_started,
+    stage_error,
+)
 from batchline.errors import BackendError
 from batchline.task import Cause, StageResult, StageTask
 
@@ -37,235 +45,10 @@ T = TypeVar("T")
 
 ANNOTATION_CACHE_KEY = "batchline.dev/cache-key"
 ANNOTATION_TASK_URI = "batchline.dev/task-uri"
-# The Job controller labels its pods with both (the short one since forever,
-# the prefixed one since 1.27); we accept either when filtering client-side.
-JOB_NAME_LABELS = ("batch.kubernetes.io/job-name", "job-name")
-COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
-COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-
-JOB_CONDITION_TYPES = ("Complete", "Failed", "Suspended", "FailureTarget", "SuccessCriteriaMet")
-JOB_FAILED_REASONS = ("BackoffLimitExceeded", "DeadlineExceeded", "PodFailurePolicy",
-                      "MaxFailedIndexesExceeded", "FailedIndexes")
-POD_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
-IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName"})
-# Pod-level reasons that mean "the platform took the pod away", not "the code failed".
-DISRUPTION_REASONS = frozenset({"Evicted", "Preempted", "Preempting", "NodeShutdown"})
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
-LOG_TAIL_LINES = 20
 INSTALL_HINT = ("the kubernetes backend needs the kubernetes client: "
                 "pip install 'batchline[kubernetes]'")
 
-
-class UnknownK8sStateError(BackendError, ValueError):
-    """The API server reported a value this version of batchline does not know."""
-
-
-# ---------------------------------------------------------------------------
-# Pure translators: API objects (dicts) -> phase / StageResult
-# ---------------------------------------------------------------------------
-
-def _known(value: str, known: tuple[str, ...], what: str) -> str:
-    if value not in known:
-        raise UnknownK8sStateError(f"unknown {what} {value!r}; known: {', '.join(known)}. "
-                                   "Upgrade batchline or report this Kubernetes version")
-    return value
-
-
-def job_conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The Job's conditions whose status is "True", by type (unknown types raise)."""
-    out = {}
-    for cond in (job.get("status") or {}).get("conditions") or []:
-        kind = _known(str(cond.get("type", "")), JOB_CONDITION_TYPES, "Job condition type")
-        if str(cond.get("status")) == "True":
-            out[kind] = cond
-    return out
-
-
-def pod_phase(pod: dict[str, Any]) -> str:
-    """A pod's phase, checked against the known set ("Pending" when not reported yet)."""
-    return _known(str((pod.get("status") or {}).get("phase") or "Pending"), POD_PHASES,
-                  "pod phase")
-
-
-def phase_from_k8s(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
-    """The coarse phase shown to people while a Job is active: "pending" or "running"."""
-    phases = {pod_phase(p) for p in pods}
-    if "Running" in phases:
-        return "running"
-    if not pods or "Pending" in phases:
-        return "running" if (job.get("status") or {}).get("ready") else "pending"
-    # Only finished pods: the Job controller is about to decide (or retry).
-    # Staying "running" keeps the phase from flickering at every ending.
-    return "running"
-
-
-def cause_from_k8s(job: dict[str, Any], pods: list[dict[str, Any]], *, stage: str | None = None,
-                   now: datetime | None = None,
-                   unschedulable_grace: float = 0.0) -> StageResult | None:
-    """Translate a Job and its pods into a StageResult, or None while it should be waited on.
-
-    Terminal Job conditions decide first (Complete, Failed with its reason);
-    the pods explain a failure (OOMKilled, eviction, exit code). Two states
-    never end a Job by themselves, so they are read off the pods while the Job
-    is still active: image pull failures at once, and an Unschedulable pod once
-    it has been so for `unschedulable_grace` seconds (autoscalers need a while).
-    """
-    stage = stage or _stage_of(job)
-    ref = _job_ref(job)
-    conditions = job_conditions(job)
-    for pod in pods:
-        pod_phase(pod)  # unknown phases raise here, whatever the Job says
-    if "Complete" in conditions:
-        return StageResult(stage, Cause.SUCCEEDED, 0, backend_ref=ref)
-    if "Failed" in conditions:
-        return _failed_result(stage, ref, conditions["Failed"], pods)
-    return _active_result(stage, ref, pods, now or datetime.now(UTC), unschedulable_grace)
-
-
-def _failed_result(stage: str, ref: str, failed: dict[str, Any],
-                   pods: list[dict[str, Any]]) -> StageResult:
-    reason = failed.get("reason") or ""
-    if reason:
-        _known(reason, JOB_FAILED_REASONS, "Job failure reason")
-    message = str(failed.get("message") or "")
-    if reason == "DeadlineExceeded":
-        return StageResult(stage, Cause.DEADLINE, None, message, backend_ref=ref)
-    pod = _last_failed_pod(pods)
-    if pod is not None and _disruption(pod):
-        return StageResult(stage, Cause.EVICTED, None, _disruption(pod), backend_ref=ref)
-    terminated = _terminated_state(pod) if pod is not None else {}
-    code = terminated.get("exitCode")
-    if code is None:
-        code = _exit_code_in(message)
-    if terminated.get("reason") == "OOMKilled":
-        return StageResult(stage, Cause.OUT_OF_MEMORY, code if code is not None else 137,
-                           f"container was OOMKilled in pod {_name(pod or {})}", backend_ref=ref)
-    # Exit 2 is the stage's "bad input" contract on every backend; a
-    # podFailurePolicy FailJob rule makes it fail fast, but without one the
-    # Job still ends (BackoffLimitExceeded) and the cause is the same.
-    cause = Cause.BAD_INPUT if code == 2 else Cause.USER_ERROR
-    detail = message or str(terminated.get("message") or "")
-    return StageResult(stage, cause, code, detail, backend_ref=ref)
-
-
-def _active_result(stage: str, ref: str, pods: list[dict[str, Any]], now: datetime,
-                   grace: float) -> StageResult | None:
-    for pod in pods:
-        if pod_phase(pod) in ("Succeeded", "Failed"):
-            continue
-        for status in _container_statuses(pod):
-            waiting = (status.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in IMAGE_PULL_REASONS:
-                text = f"{waiting['reason']}: {waiting.get('message', '')}".rstrip(": ")
-                return StageResult(stage, Cause.IMAGE_PULL, None, text, backend_ref=ref)
-        cond = _condition(pod, "PodScheduled")
-        if cond and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
-            since = _timestamp(cond.get("lastTransitionTime")) or now
-            if (now - since).total_seconds() >= grace:
-                return StageResult(stage, Cause.UNSCHEDULABLE, None, str(cond.get("message", "")),
-                                   backend_ref=ref)
-    return None
-
-
-def _stage_of(job: dict[str, Any]) -> str:
-    labels = (job.get("metadata") or {}).get("labels") or {}
-    return str(labels.get("batchline.dev/stage") or _name(job))
-
-
-def _name(obj: dict[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("name", ""))
-
-
-def _job_ref(job: dict[str, Any]) -> str:
-    meta = job.get("metadata") or {}
-    return f"{meta.get('namespace', '')}/{meta.get('name', '')}".lstrip("/")
-
-
-def _condition(pod: dict[str, Any], kind: str) -> dict[str, Any] | None:
-    for cond in (pod.get("status") or {}).get("conditions") or []:
-        if cond.get("type") == kind:
-            return dict(cond)
-    return None
-
-
-def _container_statuses(pod: dict[str, Any]) -> list[dict[str, Any]]:
-    status = pod.get("status") or {}
-    return [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]
-
-
-def _terminated_state(pod: dict[str, Any]) -> dict[str, Any]:
-    """The terminated state of the pod's failing container (non-zero exit first)."""
-    states = [((s.get("state") or {}).get("terminated") or {}) for s in _container_statuses(pod)]
-    states = [s for s in states if s]
-    failing = [s for s in states if s.get("exitCode") not in (0, None)]
-    return (failing or states or [{}])[-1]
-
-
-def _disruption(pod: dict[str, Any]) -> str:
-    """Why the platform took this pod away, or "" if it did not."""
-    cond = _condition(pod, "DisruptionTarget")
-    if cond and cond.get("status") == "True":
-        return f"{cond.get('reason', 'DisruptionTarget')}: {cond.get('message', '')}".rstrip(": ")
-    reason = (pod.get("status") or {}).get("reason")
-    if reason in DISRUPTION_REASONS:
-        return f"{reason}: {(pod.get('status') or {}).get('message', '')}".rstrip(": ")
-    return ""
-
-
-def _last_failed_pod(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
-    failed = [p for p in pods if pod_phase(p) == "Failed"]
-    return max(failed, key=_pod_started, default=None)
-
-
-def _pod_started(pod: dict[str, Any]) -> str:
-    # RFC 3339 UTC timestamps sort as strings.
-    return str((pod.get("status") or {}).get("startTime")
-               or (pod.get("metadata") or {}).get("creationTimestamp") or "")
-
-
-def _timestamp(value: object) -> datetime | None:
-    if not value:
-        return None
-    stamp = datetime.fromisoformat(str(value))
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
-
-
-def _exit_code_in(message: str) -> int | None:
-    # The Job controller writes "... failed with exit code 2 matching FailJob rule ..."
-    match = re.search(r"exit code (\d+)", message)
-    return int(match.group(1)) if match else None
-
-
-def is_pod_of(pod: dict[str, Any], job_name: str) -> bool:
-    """Whether a pod belongs to the named Job (labels, or the owner reference)."""
-    meta = pod.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    if any(labels.get(key) == job_name for key in JOB_NAME_LABELS):
-        return True
-    return any(ref.get("kind") == "Job" and ref.get("name") == job_name
-               for ref in meta.get("ownerReferences") or [])
-
-
-def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
-    """The last `lines` lines of a log."""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def stage_error(text: str) -> str:
-    """The error the stage entrypoint summarised as a JSON line near the end, if any."""
-    for line in reversed(text.rstrip().splitlines()[-5:]):
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and data.get("error"):
-            return str(data["error"])
-    return ""
-
-
-# ---------------------------------------------------------------------------
-# Talking to the API server
-# ---------------------------------------------------------------------------
 
 _SDK: dict[str, ModuleType] = {}
 
@@ -615,14 +398,14 @@ class KubernetesBackend:
             if seen.job is None or handle.extra.get("cancelled"):
                 return StageResult(handle.task.stage, Cause.CANCELLED, None,
                                    f"job {handle.ref} was deleted")
-            pods = sorted(seen.pods.values(), key=_pod_started)
+            pods = sorted(seen.pods.values(), key=pod_started)
             result = cause_from_k8s(seen.job, pods, stage=handle.task.stage,
                                     unschedulable_grace=self.unschedulable_grace_seconds)
             if result is not None and not result.ok:
                 # The two watches are not ordered with each other: the Job's
                 # Failed may overtake its pod's last update. Read the pods now.
-                fresh = {_name(p): p for p in self._pods_of(name)}
-                pods = sorted({**seen.pods, **fresh}.values(), key=_pod_started)
+                fresh = {name_of(p): p for p in self._pods_of(name)}
+                pods = sorted({**seen.pods, **fresh}.values(), key=pod_started)
                 result = cause_from_k8s(seen.job, pods, stage=handle.task.stage,
                                         unschedulable_grace=self.unschedulable_grace_seconds)
             if result is not None:
@@ -643,20 +426,20 @@ class KubernetesBackend:
                                "(list/watch on jobs and pods)") from payload
         if kind == "job":
             if kind_of_event == "SYNC":
-                seen.job = next((j for j in payload if _name(j) == name), None)
+                seen.job = next((j for j in payload if name_of(j) == name), None)
                 seen.job_synced = True
-            elif _name(payload) == name:
+            elif name_of(payload) == name:
                 seen.job = None if kind_of_event == "DELETED" else payload
             return
         if kind_of_event == "SYNC":
-            seen.pods = {_name(p): p for p in payload if is_pod_of(p, name)}
+            seen.pods = {name_of(p): p for p in payload if is_pod_of(p, name)}
             seen.pods_synced = True
         elif is_pod_of(payload, name):
             if kind_of_event == "DELETED":
                 # Keep the last state: a deleted failed pod still explains the failure.
-                seen.pods.setdefault(_name(payload), payload)
+                seen.pods.setdefault(name_of(payload), payload)
             else:
-                seen.pods[_name(payload)] = payload
+                seen.pods[name_of(payload)] = payload
 
     # -- logs -----------------------------------------------------------------
 
@@ -692,9 +475,9 @@ class KubernetesBackend:
         out: dict[int | None, str] = {}
         for pod in pods:
             shard = _completion_index(pod) if handle.task.shard_count > 1 else None
-            text = self._pod_log(_name(pod))
+            text = self._pod_log(name_of(pod))
             if len(pods) > 1:  # retried pods: say which attempt each part comes from
-                text = f"--- pod {_name(pod)} ---\n{text}"
+                text = f"--- pod {name_of(pod)} ---\n{text}"
             out[shard] = out.get(shard, "") + text
         return out
 
@@ -707,7 +490,7 @@ class KubernetesBackend:
             raise BackendError(f"cannot list the pods of job {self.namespace}/{name}: "
                                f"{_describe(exc)}") from exc
         return sorted((p for p in data.get("items") or [] if is_pod_of(p, name)),
-                      key=_pod_started)
+                      key=pod_started)
 
     def _pod_log(self, pod: str) -> str:
         try:

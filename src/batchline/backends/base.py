@@ -52,10 +52,11 @@ def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
 
 def last_error(text: str) -> str:
     """The error the stage entrypoint summarised as JSON on its last line, if any."""
-    for line in reversed(text.splitlines()[-5:]):
-        if line.startswith("{"):
-            try:
-                return str(json.loads(line).get("error", ""))
-            except ValueError:
-                return ""
+    for line in reversed(text.rstrip().splitlines()[-5:]):
+        try:
+            data = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(data, dict):
+            return str(data.get("error", ""))
     return ""

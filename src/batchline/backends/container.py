@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import shutil
 import subprocess
 import time
@@ -49,6 +50,7 @@ def cpus(quantity: str) -> str:
 
 
 def find_engine(preferred: str | None = None) -> str:
+    """The container engine to use: `preferred` if given, else podman, else docker."""
     for name in ([preferred] if preferred else ["podman", "docker"]):
         if shutil.which(name):
             return name
@@ -105,8 +107,11 @@ class ContainerBackend:
 
     def submit(self, task: StageTask) -> Handle:
         container = f"{task.name}-a{task.attempt}-{secrets.token_hex(3)}"
-        started = subprocess.run(self.command(task, container), capture_output=True, text=True,
-                                 check=False, timeout=300)
+        command = self.command(task, container)
+        # Safe to log: credentials travel by name (`--env NAME`), never by value.
+        log.debug("stage %s: %s", task.stage, shlex.join(command))
+        started = subprocess.run(command, capture_output=True, text=True, check=False,
+                                 timeout=300)
         handle = Handle(task, container, {"start_error": "", "started": time.monotonic()})
         if started.returncode != 0:
             handle.extra["start_error"] = started.stderr.strip() or started.stdout.strip()
@@ -116,32 +121,64 @@ class ContainerBackend:
         return handle
 
     def wait(self, handle: Handle, on_event: OnEvent | None = None) -> StageResult:
-        task = handle.task
+        if "result" in handle.extra:  # already collected (cancel() of an unwatched container)
+            result: StageResult = handle.extra["result"]
+            return result
         if handle.extra["start_error"]:
             return self._start_failure(handle)
-        if on_event:
-            on_event(task, "running")
+        handle.extra["waiting"] = True
+        self._announce(handle, on_event)
         waited = self._engine("wait", handle.ref)
         while waited.returncode != 0 and self._state(handle).get("Running"):
             time.sleep(self.poll_seconds)  # `wait` itself failed (engine hiccup): poll
             waited = self._engine("wait", handle.ref)
         state = self._state(handle)
-        text = self._engine("logs", handle.ref).stdout + self._engine("logs", handle.ref).stderr
-        handle.extra["logs"] = text
-        self._save_logs(task, text)
+        text = self._collect_logs(handle)
         self._engine("rm", "--force", handle.ref)
         code = int(str(state.get("ExitCode", waited.stdout.strip() or 1)))
-        oom = bool(state.get("OOMKilled")) or code == 137
+        result = self._translate(handle, code, bool(state.get("OOMKilled")), text)
+        handle.extra["result"] = result
+        return result
+
+    def _announce(self, handle: Handle, on_event: OnEvent | None) -> None:
+        """Report "pending" until the engine says the process started, then "running"."""
+        if on_event is None:
+            return
+        on_event(handle.task, "pending")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            state = self._state(handle)
+            # A container that already exited did start: report running before its end.
+            if state.get("Running") or state.get("Status") in ("exited", "stopped", None):
+                break
+            time.sleep(self.poll_seconds)
+        on_event(handle.task, "running")
+
+    def _collect_logs(self, handle: Handle) -> str:
+        """The container's combined output, kept in storage before the container goes."""
+        text = subprocess.run([self.engine, "logs", handle.ref], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, check=False,
+                              timeout=120).stdout
+        handle.extra["logs"] = text
+        self._save_logs(handle.task, text)
+        return text
+
+    def _translate(self, handle: Handle, code: int, oom_killed: bool, text: str) -> StageResult:
+        """The engine's end state as a StageResult; 137 is the kernel's OOM kill here."""
+        task = handle.task
         if handle.extra.get("cancelled"):
             cause = Cause.CANCELLED
-        elif oom:
+        elif oom_killed or code == 137:
             cause = Cause.OUT_OF_MEMORY
         else:
             cause = Cause.from_exit_code(code)
         message = last_error(text)
         if cause is Cause.OUT_OF_MEMORY:
+            advice = StageResult(task.stage, cause, code).advice()
             message = (f"container {handle.ref} was killed at its memory limit of "
-                       f"{task.resources.memory} (exit {code})")
+                       f"{task.resources.memory} (exit {code}); {advice}")
+        elif cause is Cause.USER_ERROR:
+            message = f"exit {code}: {message}" if message else f"exit {code}"
         return StageResult(task.stage, cause, code, message, log_tail(text), handle.ref)
 
     def _start_failure(self, handle: Handle) -> StageResult:
@@ -172,8 +209,15 @@ class ContainerBackend:
     def logs(self, handle: Handle) -> str:
         if "logs" in handle.extra:
             return str(handle.extra["logs"])
-        return self._engine("logs", handle.ref).stderr
+        return subprocess.run([self.engine, "logs", handle.ref], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, check=False,
+                              timeout=120).stdout
 
     def cancel(self, handle: Handle) -> None:
+        """Stop the container; remove it too unless a wait() is collecting it."""
+        if "result" in handle.extra or handle.extra["start_error"]:
+            return
         handle.extra["cancelled"] = True
         self._engine("stop", "--time", "10", handle.ref)
+        if not handle.extra.get("waiting"):
+            self.wait(handle)  # keeps its logs in storage, then removes it

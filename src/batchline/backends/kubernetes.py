@@ -24,17 +24,16 @@ from types import ModuleType
 from typing import Any, TypeVar
 
 from batchline import layout, storage
-from batchline.backends.base import Handle, OnEvent
+from batchline.backends.base import Handle, OnEvent, last_error, log_tail
+from batchline.backends.kubernetes_job import ANNOTATION_CACHE_KEY, ANNOTATION_TASK_URI
 from batchline.backends.kubernetes_status import (
     COMPLETION_INDEX_ANNOTATION,
     COMPLETION_INDEX_LABEL,
     cause_from_k8s,
     is_pod_of,
-    log_tail,
     name_of,
     phase_from_k8s,
     pod_started,
-    stage_error,
 )
 from batchline.errors import BackendError
 from batchline.task import Cause, StageResult, StageTask
@@ -43,8 +42,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-ANNOTATION_CACHE_KEY = "batchline.dev/cache-key"
-ANNOTATION_TASK_URI = "batchline.dev/task-uri"
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 INSTALL_HINT = ("the kubernetes backend needs the kubernetes client: "
                 "pip install 'batchline[kubernetes]'")
@@ -377,7 +374,7 @@ class KubernetesBackend:
         message = result.message
         if result.cause in (Cause.USER_ERROR, Cause.BAD_INPUT):
             # The stage's own summary says more than "backoff limit reached".
-            message = stage_error(text) or message
+            message = last_error(text) or message
         return dataclasses.replace(result, stage=handle.task.stage, backend_ref=handle.ref,
                                    log_tail=log_tail(text), message=message)
 

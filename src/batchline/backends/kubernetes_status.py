@@ -8,7 +8,6 @@ reason) raises an error listing the known ones instead of being guessed at.
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -29,7 +28,6 @@ POD_PHASES = ("Pending", "Running", "Succeeded", "Failed", "Unknown")
 IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImageName"})
 # Pod-level reasons that mean "the platform took the pod away", not "the code failed".
 DISRUPTION_REASONS = frozenset({"Evicted", "Preempted", "Preempting", "NodeShutdown"})
-LOG_TAIL_LINES = 20
 
 
 class UnknownK8sStateError(BackendError, ValueError):
@@ -219,20 +217,3 @@ def is_pod_of(pod: dict[str, Any], job_name: str) -> bool:
         return True
     return any(ref.get("kind") == "Job" and ref.get("name") == job_name
                for ref in meta.get("ownerReferences") or [])
-
-
-def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
-    """The last `lines` lines of a log."""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def stage_error(text: str) -> str:
-    """The error the stage entrypoint summarised as a JSON line near the end, if any."""
-    for line in reversed(text.rstrip().splitlines()[-5:]):
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(data, dict) and data.get("error"):
-            return str(data["error"])
-    return ""

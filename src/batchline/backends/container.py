@@ -89,7 +89,9 @@ class ContainerBackend:
         """The full `run` command line (values of secrets never appear in it)."""
         env = [arg for name in FORWARDED_ENV if name in os.environ for arg in ("--env", name)]
         return [
-            self.engine, "run", "--detach", "--pull", "never", "--name", container,
+            # --init: python as PID 1 would ignore SIGTERM, so `stop` (cancel) would
+            # wait out its grace period while the stage runs on and commits.
+            self.engine, "run", "--detach", "--init", "--pull", "never", "--name", container,
             "--read-only", "--tmpfs", f"/tmp:rw,size={self.tmpfs_size},mode=1777",  # noqa: S108
             "--user", self.user, "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "--network", self.network,

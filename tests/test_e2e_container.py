@@ -1,0 +1,58 @@
+"""The must-show run: the demo pipeline in podman containers equals the local run.
+
+Same demo data, same spec, same run id, one moto S3 server over HTTP: every
+committed output of the container run (each _SUCCESS.json's checksums, the
+model's sha256) must match the local backend's, byte for byte.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+from conftest import SPEC, fingerprints, run_cli
+
+from batchline import storage
+from batchline.manifest import RunManifest
+
+pytestmark = [pytest.mark.slow, pytest.mark.podman]
+
+
+def _upload(demo_dir: Path, bucket: str, endpoint: str) -> str:
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    for name in ("encounters.csv", "_generator.json"):
+        s3.upload_file(str(demo_dir / name), bucket.removeprefix("s3://"), f"landing/{name}")
+    return f"{bucket}/landing/encounters.csv"
+
+
+def _model_sha256(root: str) -> str:
+    model_uri = RunManifest.load(root, "same").stage("train")["outputs"]["model"]
+    files = {f.path.rsplit("/", 1)[-1]: f.sha256 for f in storage.committed(model_uri).files}
+    return files["model.txt"]
+
+
+def test_demo_pipeline_in_containers_matches_local(stage_images: dict[str, str],
+                                                   tmp_path: Path, s3_bucket: str,
+                                                   moto_server: str) -> None:
+    made = run_cli("demo-data", "--rows", "20000", "--out", str(tmp_path / "demo"))
+    assert made.returncode == 0, made.stderr
+    source = _upload(tmp_path / "demo", s3_bucket, moto_server)
+    args = ["--set", f"stages.ingest.params.source={source}", "--run-id", "same"]
+    local = run_cli("run", str(SPEC), "--storage", f"{s3_bucket}/local", *args)
+    assert local.returncode == 0, local.stdout + local.stderr
+    contained = run_cli("run", str(SPEC), "--backend", "container",
+                        "--storage", f"{s3_bucket}/container", *args)
+    assert contained.returncode == 0, contained.stdout + contained.stderr
+    assert "4 stages launched" in contained.stdout
+
+    ours = fingerprints(f"{s3_bucket}/container", "same")
+    theirs = fingerprints(f"{s3_bucket}/local", "same")
+    assert set(ours) == {"ingest.encounters", "ingest.quarantine", "features.features",
+                         "train.model", "score.predictions"}
+    assert ours == theirs
+    assert _model_sha256(f"{s3_bucket}/container") == _model_sha256(f"{s3_bucket}/local")
+
+    logs = run_cli("logs", "same", "score", "--storage", f"{s3_bucket}/container")
+    assert "stage score: committed" in logs.stdout
+    assert "testing" not in logs.stdout  # the credential value never reaches a log

@@ -8,7 +8,7 @@ image=${BASE_IMAGE:-localhost/base-python:bookworm}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 engine=$(command -v podman || command -v docker)
 
-if "$engine" image exists "$image" 2>/dev/null; then
+if "$engine" image inspect "$image" >/dev/null 2>&1; then
   echo "$image exists"
   exit 0
 fi

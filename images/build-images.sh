@@ -10,7 +10,8 @@ registry=${IMAGE_REGISTRY:-localhost}
 # podman defaults to the OCI format, which drops SHELL; docker format keeps it.
 if command -v podman >/dev/null; then engine=podman; format="--format docker"; else engine=docker; format=""; fi
 if [ -z "${BASE_IMAGE:-}" ]; then
-  if "$engine" image exists localhost/base-python:bookworm 2>/dev/null; then
+  # `image inspect` rather than podman's `image exists`: docker has only the former.
+  if "$engine" image inspect localhost/base-python:bookworm >/dev/null 2>&1; then
     BASE_IMAGE=localhost/base-python:bookworm
   else
     BASE_IMAGE=python:3.11-slim

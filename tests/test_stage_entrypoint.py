@@ -55,3 +55,23 @@ def test_bad_task_references_exit_2(tmp_path: Path) -> None:
     absent = _stage("ingest", "--task", str(tmp_path / "absent.json"))
     assert absent.returncode == 2 and "does not exist" in absent.stderr
     assert _stage("deploy", "--task", "x").returncode == 2  # argparse: unknown stage
+
+
+def test_sigterm_ends_the_stage_promptly(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    task = StageTask(run_id="r", stage="features", inputs={"encounters": str(tmp_path / "none")},
+                     outputs={"features": str(tmp_path / "out")}, params={"sql": "SELECT 1"},
+                     storage_root=str(tmp_path), task_uri="env:BATCHLINE_TASK", cache_key="k")
+    proc = subprocess.Popen([sys.executable, "-m", "batchline.stage", "features", "--task",
+                             "env:BATCHLINE_TASK", "--wait-inputs", "600"],
+                            env={**os.environ, "BATCHLINE_TASK": task.to_json()},
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    assert proc.stderr is not None
+    while "starting" not in proc.stderr.readline():  # waiting for its input now
+        assert time.monotonic() < deadline
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert storage.read_success(task.outputs["features"]) is None

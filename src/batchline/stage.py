@@ -15,6 +15,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 
@@ -68,6 +69,10 @@ def wait_for_inputs(task: StageTask, seconds: int, poll: float = 5.0) -> None:
             time.sleep(poll)
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchline.stage")
     parser.add_argument("stage", choices=STAGES)
@@ -76,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait-inputs", type=int, default=0, metavar="SECONDS",
                         help="wait up to SECONDS for the inputs to be committed")
     args = parser.parse_args(argv)
+    # As PID 1 in a pod, Python ignores SIGTERM unless it has a handler; exit
+    # through SystemExit so open dataset writers abandon their attempt.
+    signal.signal(signal.SIGTERM, _terminated)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.monotonic()

@@ -63,3 +63,10 @@ def test_rendered_stage_waits_for_its_inputs(tmp_path: Path) -> None:
 def test_render_run_ids_are_validated(root: str) -> None:
     result = run_cli("render", str(SPEC), "--run-id", "Bad_ID", "--storage", root)
     assert result.returncode == 2 and "invalid run id" in result.stderr
+
+
+def test_kubernetes_run_refuses_local_storage(tmp_path: Path) -> None:
+    result = run_cli("run", str(SPEC), "--backend", "kubernetes", "--storage", str(tmp_path),
+                     "--set", "stages.ingest.params.source=s3://bucket/in.csv")
+    assert result.returncode == 2 and "use an s3:// URI" in result.stderr
+    assert not list(tmp_path.iterdir())

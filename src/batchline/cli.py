@@ -83,6 +83,15 @@ def _backend(name: str, spec: PipelineSpec, namespace: str | None, context: str 
     return get_backend(name, options)
 
 
+def _require_remote(spec: PipelineSpec, root: str, what: str) -> None:
+    """Pods run elsewhere: refuse storage or a source they could not see."""
+    source = str(spec.stages["ingest"].params.get("source", ""))
+    for name, uri in (("--storage", root), ("stages.ingest.params.source", source)):
+        if not uri.startswith("s3://"):
+            raise SpecError(f"{what}: {name} is {uri!r}; pods cannot see this machine's "
+                            "folders, use an s3:// URI")
+
+
 def _stage_table(manifest: RunManifest) -> Table:
     table = Table(title=f"run {manifest.run_id} ({manifest.data['state']})", title_justify="left")
     for col in ("stage", "state", "rows", "elapsed", "detail"):
@@ -187,6 +196,8 @@ def run(
         root = _root(storage_opt, spec)
         rid = layout.check_run_id(run_id) if run_id else layout.new_run_id(spec.name)
         selected = [s.strip() for s in stages.split(",")] if stages else None
+        if backend == "kubernetes":
+            _require_remote(spec, root, "--backend kubernetes")
         _launch(spec, root, backend, rid, selected, namespace, context, in_cluster, secret)
     _guard(body)
 
@@ -334,11 +345,7 @@ def render(spec_path: Annotated[str, typer.Argument(metavar="SPEC")],
         spec = load_spec(spec_path, parse_set(set_ or []))
         rid = layout.check_run_id(run_id) if run_id else layout.new_run_id(spec.name)
         root = _root(storage_opt, spec)
-        source = str(spec.stages["ingest"].params.get("source", ""))
-        for what, uri in (("--storage", root), ("stages.ingest.params.source", source)):
-            if not uri.startswith("s3://"):
-                raise SpecError(f"render: {what} is {uri!r}; pods cannot see this machine's "
-                                "folders, use an s3:// URI")
+        _require_remote(spec, root, "render")
         docs = render_run(spec, rid, root, env_from_secret=secret)
         sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
     _guard(body)

@@ -12,8 +12,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,16 @@ def demo_csv(demo_dir: Path, tmp_path: Path) -> Path:
     target = tmp_path / "source"
     shutil.copytree(demo_dir, target)
     return target / "encounters.csv"
+
+
+def eventually(check: Callable[[], object], timeout: float = 10.0, what: str = "",
+               interval: float = 0.02) -> None:
+    """Poll `check` until it is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        time.sleep(interval)
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,

@@ -15,13 +15,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import kmock
 import pytest
+from conftest import eventually
 from kube_cluster import JOBS, PODS, Cluster
 
 from batchline import layout, storage
@@ -214,15 +215,6 @@ def cluster() -> Iterator[Cluster]:
     kube = Cluster()
     yield kube
     kube.close()
-
-
-def eventually(check: Callable[[], object], timeout: float = 10.0, what: str = "") -> None:
-    """Poll `check` until it is true; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
-        time.sleep(0.02)
 
 
 class Waiter:

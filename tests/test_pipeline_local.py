@@ -6,12 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import boto3
 import pytest
-from conftest import BATCHLINE, ROOT, SPEC, fingerprints, run_cli
+from conftest import BATCHLINE, ROOT, SPEC, eventually, fingerprints, run_cli
 
 from batchline import storage
 from batchline.demo_data import generate
@@ -125,15 +124,6 @@ def test_same_fingerprints_on_s3_as_on_local(demo_csv: Path, tmp_path: Path,
     assert "0 stages launched, 4 reused" in again.stdout
 
 
-def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_sigkill_mid_write_then_resume_gives_one_copy(tmp_path: Path) -> None:
     generate(300_000, tmp_path / "src", seed=5)
     source = tmp_path / "src" / "encounters.csv"
@@ -144,7 +134,9 @@ def test_sigkill_mid_write_then_resume_gives_one_copy(tmp_path: Path) -> None:
                             cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=os.environ.copy())
     features = root / "runs" / "k" / "features" / "features"
-    _wait_for(lambda: list(features.glob("data-*/part-*.parquet")), 120, "features to write")
+    # A tight poll: the kill must land while the part file is open.
+    eventually(lambda: list(features.glob("data-*/part-*.parquet")), 120, "features to write",
+               interval=0.005)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the stage, like a lost node
     proc.wait()
     assert not (features / "_SUCCESS.json").exists(), "killed too late to test anything"

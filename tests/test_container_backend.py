@@ -42,8 +42,13 @@ def _containers(run_id: str) -> list[str]:
 
 
 def test_out_of_memory_is_reported_with_advice(stage_images: dict[str, str], s3_bucket: str,
-                                               demo_csv: Path, moto_server: str) -> None:
+                                               demo_csv: Path, moto_server: str,
+                                               tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     source = _upload_demo(demo_csv, s3_bucket, moto_server)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)  # conmon drops an `oom` file into its caller's folder
     columns = {"encounter_id": "int64", "patient_id": "int64"}
     task = _task(f"{s3_bucket}/oom", "ingest", stage_images["ingest"], memory="40Mi",
                  source=source, columns=columns)
@@ -55,6 +60,7 @@ def test_out_of_memory_is_reported_with_advice(stage_images: dict[str, str], s3_
     assert "raise resources.ingest.memory" in result.advice()
     assert storage.read_success(task.outputs["encounters"]) is None
     assert _containers("c1") == []  # inspected, then removed
+    assert list(workdir.iterdir()) == []  # the user's folder stays clean
 
 
 def test_missing_image_is_an_image_pull_failure(s3_bucket: str, moto_server: str) -> None:

@@ -18,6 +18,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import tempfile
 import time
 
 from batchline import layout, storage
@@ -84,6 +85,10 @@ class ContainerBackend:
         self.user = user
         self.tmpfs_size = tmpfs_size
         self.poll_seconds = poll_seconds
+        # podman's conmon (cgroup v1) drops an `oom` marker file into the
+        # caller's working directory when a container is OOM-killed; run the
+        # engine from a private folder so the user's directory stays clean.
+        self._cwd = tempfile.mkdtemp(prefix="batchline-container-")
 
     def command(self, task: StageTask, container: str) -> list[str]:
         """The full `run` command line (values of secrets never appear in it)."""
@@ -105,7 +110,7 @@ class ContainerBackend:
 
     def _engine(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self.engine, *args], capture_output=True, text=True, check=check,
-                              timeout=120)
+                              cwd=self._cwd, timeout=120)
 
     def submit(self, task: StageTask) -> Handle:
         container = f"{task.name}-a{task.attempt}-{secrets.token_hex(3)}"
@@ -113,7 +118,7 @@ class ContainerBackend:
         # Safe to log: credentials travel by name (`--env NAME`), never by value.
         log.debug("stage %s: %s", task.stage, shlex.join(command))
         started = subprocess.run(command, capture_output=True, text=True, check=False,
-                                 timeout=300)
+                                 cwd=self._cwd, timeout=300)
         handle = Handle(task, container, {"start_error": "", "started": time.monotonic()})
         if started.returncode != 0:
             handle.extra["start_error"] = started.stderr.strip() or started.stdout.strip()
@@ -159,6 +164,7 @@ class ContainerBackend:
     def _collect_logs(self, handle: Handle) -> str:
         """The container's combined output, kept in storage before the container goes."""
         text = subprocess.run([self.engine, "logs", handle.ref], stdout=subprocess.PIPE,
+                              cwd=self._cwd,
                               stderr=subprocess.STDOUT, text=True, check=False,
                               timeout=120).stdout
         handle.extra["logs"] = text
@@ -212,6 +218,7 @@ class ContainerBackend:
         if "logs" in handle.extra:
             return str(handle.extra["logs"])
         return subprocess.run([self.engine, "logs", handle.ref], stdout=subprocess.PIPE,
+                              cwd=self._cwd,
                               stderr=subprocess.STDOUT, text=True, check=False,
                               timeout=120).stdout
 

@@ -140,3 +140,27 @@ def stage_images() -> dict[str, str]:
     missing = _missing_images(list(images.values()))
     assert not missing, f"images {missing} are still missing after `make images`"
     return images
+
+
+# Feature SQL that would run for hours (a sum over 10^12 generated rows): a
+# realistic runaway query for deadline tests. DuckDB stays inside C code, so
+# SIGTERM is not seen and the backend must escalate to SIGKILL.
+RUNAWAY_FEATURES = {"sql": "SELECT encounter_id, (SELECT sum(range) FROM range(1000000000000))"
+                           " AS n FROM encounters"}
+
+
+def committed_encounters(root: str, demo_csv: Path) -> str:
+    """Ingest the demo CSV in this process and return the committed dataset's URI."""
+    from batchline import layout
+    from batchline.spec import load_spec
+    from batchline.stage import run_task
+    from batchline.task import StageTask
+
+    params = load_spec(SPEC).params("ingest").model_dump(mode="json")
+    params["source"] = str(demo_csv)
+    task = StageTask(run_id="upstream", stage="ingest", inputs={}, params=params,
+                     outputs={o: layout.output_uri(root, "upstream", "ingest", o)
+                              for o in layout.OUTPUTS["ingest"]},
+                     storage_root=root, task_uri="", cache_key="k", image="")
+    run_task(task)
+    return task.outputs["encounters"]

@@ -7,7 +7,10 @@ import subprocess
 from pathlib import Path
 
 import boto3
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from conftest import RUNAWAY_FEATURES, committed_encounters
 
 from batchline import layout, storage
 from batchline.backends.container import ContainerBackend, cpus, memory_bytes
@@ -24,12 +27,14 @@ def _upload_demo(demo_csv: Path, bucket: str, endpoint: str) -> str:
     return f"{bucket}/landing/encounters.csv"
 
 
-def _task(root: str, stage: str, image: str, memory: str = "1Gi", **params: object) -> StageTask:
-    task = StageTask(run_id="c1", stage=stage, inputs={}, params=dict(params),
-                     outputs={o: layout.output_uri(root, "c1", stage, o)
+def _task(root: str, stage: str, image: str, memory: str = "1Gi", run_id: str = "c1",
+          timeout: int = 600, inputs: dict[str, str] | None = None,
+          **params: object) -> StageTask:
+    task = StageTask(run_id=run_id, stage=stage, inputs=inputs or {}, params=dict(params),
+                     outputs={o: layout.output_uri(root, run_id, stage, o)
                               for o in layout.OUTPUTS[stage]},
-                     storage_root=root, task_uri=layout.task_uri(root, "c1", stage, 1),
-                     cache_key="k", image=image, resources=Resources("1", memory, 600))
+                     storage_root=root, task_uri=layout.task_uri(root, run_id, stage, 1),
+                     cache_key="k", image=image, resources=Resources("1", memory, timeout))
     storage.write_text(task.task_uri, task.to_json())
     return task
 
@@ -41,26 +46,59 @@ def _containers(run_id: str) -> list[str]:
     return out.split()
 
 
+def _upload_wide_parquet(bucket: str, endpoint: str, rows: int = 400) -> str:
+    """A tiny file that decodes to `rows` MB: one row group of identical 1 MB notes.
+
+    Dictionary encoding keeps it small on disk; reading it needs the full
+    decoded size at once, so the stage's demand is far above any small limit
+    right away (no slow thrashing near the limit) and it is OOM-killed.
+    """
+    note = "x" * 2**20
+    table = pa.table({"encounter_id": pa.array(range(rows), pa.int64()),
+                      "note": pa.array([note] * rows)})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=rows, compression="zstd")
+    name = bucket.removeprefix("s3://")
+    boto3.client("s3", endpoint_url=endpoint).put_object(
+        Bucket=name, Key="landing/wide.parquet", Body=sink.getvalue().to_pybytes())
+    return f"{bucket}/landing/wide.parquet"
+
+
 def test_out_of_memory_is_reported_with_advice(stage_images: dict[str, str], s3_bucket: str,
-                                               demo_csv: Path, moto_server: str,
-                                               tmp_path: Path,
+                                               moto_server: str, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    source = _upload_demo(demo_csv, s3_bucket, moto_server)
+    source = _upload_wide_parquet(s3_bucket, moto_server)
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)  # conmon drops an `oom` file into its caller's folder
-    columns = {"encounter_id": "int64", "patient_id": "int64"}
-    task = _task(f"{s3_bucket}/oom", "ingest", stage_images["ingest"], memory="40Mi",
-                 source=source, columns=columns)
+    task = _task(f"{s3_bucket}/oom", "ingest", stage_images["ingest"], memory="192Mi",
+                 run_id="oom1", timeout=300, source=source, format="parquet",
+                 columns={"encounter_id": "int64", "note": "string"})
     backend = ContainerBackend()
     result = backend.wait(backend.submit(task))
-    assert result.cause is Cause.OUT_OF_MEMORY
-    assert "memory limit of 40Mi" in result.message
+    assert result.cause is Cause.OUT_OF_MEMORY, result
+    assert "memory limit of 192Mi" in result.message
     assert "raise resources.ingest.memory" in result.message
     assert "raise resources.ingest.memory" in result.advice()
     assert storage.read_success(task.outputs["encounters"]) is None
-    assert _containers("c1") == []  # inspected, then removed
+    assert _containers("oom1") == []  # inspected, then removed
     assert list(workdir.iterdir()) == []  # the user's folder stays clean
+
+
+def test_runaway_stage_is_stopped_at_its_deadline(stage_images: dict[str, str], s3_bucket: str,
+                                                  demo_csv: Path, moto_server: str) -> None:
+    """A feature query that would run for hours is stopped at timeout_seconds."""
+    root = f"{s3_bucket}/deadline"
+    encounters = committed_encounters(root, demo_csv)
+    task = _task(root, "features", stage_images["features"], run_id="late1", timeout=4,
+                 inputs={"encounters": encounters}, **RUNAWAY_FEATURES)
+    backend = ContainerBackend(grace_seconds=2)
+    result = backend.wait(backend.submit(task))
+    assert result.cause is Cause.DEADLINE, result
+    assert "timeout of 4 s" in result.message
+    assert "raise resources.features.timeout_seconds" in result.advice()
+    assert storage.read_success(task.outputs["features"]) is None
+    assert _containers("late1") == []
 
 
 def test_missing_image_is_an_image_pull_failure(s3_bucket: str, moto_server: str) -> None:
@@ -100,8 +138,8 @@ def test_bad_input_events_logs_and_secrets(stage_images: dict[str, str], s3_buck
 def test_cancel_stops_and_removes(stage_images: dict[str, str], s3_bucket: str,
                                   demo_csv: Path, moto_server: str) -> None:
     source = _upload_demo(demo_csv, s3_bucket, moto_server)
-    task = _task(f"{s3_bucket}/cancel", "ingest", stage_images["ingest"], source=source,
-                 columns={"encounter_id": "int64", "patient_id": "int64"})
+    task = _task(f"{s3_bucket}/cancel", "ingest", stage_images["ingest"], run_id="stop1",
+                 source=source, columns={"encounter_id": "int64", "patient_id": "int64"})
     backend = ContainerBackend()
     handle = backend.submit(task)
     backend.cancel(handle)
@@ -109,7 +147,7 @@ def test_cancel_stops_and_removes(stage_images: dict[str, str], s3_bucket: str,
     result = backend.wait(handle)
     assert result.cause is Cause.CANCELLED
     assert result.exit_code == 143  # SIGTERM reached the stage: stopped, not timed out
-    assert _containers("c1") == []
+    assert _containers("stop1") == []
     assert storage.read_success(task.outputs["encounters"]) is None
 
 

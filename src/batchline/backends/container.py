@@ -79,8 +79,9 @@ class ContainerBackend:
 
     def __init__(self, engine: str | None = None, network: str = "host",
                  user: str = "10001:10001", tmpfs_size: str = "2g",
-                 poll_seconds: float = 0.2) -> None:
+                 poll_seconds: float = 0.2, grace_seconds: int = 10) -> None:
         self.engine = find_engine(engine)
+        self.grace_seconds = grace_seconds  # `stop --time`: SIGTERM, then SIGKILL
         self.network = network
         self.user = user
         self.tmpfs_size = tmpfs_size
@@ -108,9 +109,9 @@ class ContainerBackend:
             task.image, task.stage, "--task", task.task_uri,
         ]
 
-    def _engine(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.engine, *args], capture_output=True, text=True, check=check,
-                              cwd=self._cwd, timeout=120)
+    def _engine(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.engine, *args], capture_output=True, text=True, check=False,
+                              cwd=self._cwd, timeout=timeout)
 
     def submit(self, task: StageTask) -> Handle:
         container = f"{task.name}-a{task.attempt}-{secrets.token_hex(3)}"
@@ -119,7 +120,8 @@ class ContainerBackend:
         log.debug("stage %s: %s", task.stage, shlex.join(command))
         started = subprocess.run(command, capture_output=True, text=True, check=False,
                                  cwd=self._cwd, timeout=300)
-        handle = Handle(task, container, {"start_error": "", "started": time.monotonic()})
+        deadline = time.monotonic() + task.resources.timeout_seconds
+        handle = Handle(task, container, {"start_error": "", "deadline": deadline})
         if started.returncode != 0:
             handle.extra["start_error"] = started.stderr.strip() or started.stdout.strip()
         else:
@@ -134,18 +136,39 @@ class ContainerBackend:
         if handle.extra["start_error"]:
             return self._start_failure(handle)
         handle.extra["waiting"] = True
-        self._announce(handle, on_event)
-        waited = self._engine("wait", handle.ref)
-        while waited.returncode != 0 and self._state(handle).get("Running"):
-            time.sleep(self.poll_seconds)  # `wait` itself failed (engine hiccup): poll
-            waited = self._engine("wait", handle.ref)
-        state = self._state(handle)
-        text = self._collect_logs(handle)
-        self._engine("rm", "--force", handle.ref)
-        code = int(str(state.get("ExitCode", waited.stdout.strip() or 1)))
+        try:
+            self._announce(handle, on_event)
+            self._wait_for_exit(handle)
+            state = self._state(handle)
+            text = self._collect_logs(handle)
+        finally:  # whatever happened above, leave no container behind
+            self._engine("rm", "--force", handle.ref)
+        code = int(str(state.get("ExitCode", 1)))
         result = self._translate(handle, code, bool(state.get("OOMKilled")), text)
         handle.extra["result"] = result
         return result
+
+    def _wait_for_exit(self, handle: Handle) -> None:
+        """Block until the container exits, stopping it at the task's deadline.
+
+        `wait` runs in slices so the deadline is checked even while the
+        engine blocks; a failed `wait` (an engine hiccup) falls back to polling.
+        """
+        while True:
+            remaining = handle.extra["deadline"] - time.monotonic()
+            if remaining <= 0:
+                if self._state(handle).get("Running"):
+                    # As Kubernetes' activeDeadlineSeconds: stop it, report DEADLINE.
+                    handle.extra["timed_out"] = True
+                    self._engine("stop", "--time", str(self.grace_seconds), handle.ref)
+                return
+            try:
+                waited = self._engine("wait", handle.ref, timeout=min(remaining, 30.0))
+            except subprocess.TimeoutExpired:
+                continue
+            if waited.returncode == 0 or not self._state(handle).get("Running"):
+                return
+            time.sleep(self.poll_seconds)
 
     def _announce(self, handle: Handle, on_event: OnEvent | None) -> None:
         """Report "pending" until the engine says the process started, then "running"."""
@@ -176,6 +199,8 @@ class ContainerBackend:
         task = handle.task
         if handle.extra.get("cancelled"):
             cause = Cause.CANCELLED
+        elif handle.extra.get("timed_out"):
+            cause = Cause.DEADLINE
         elif oom_killed or code == 137:
             cause = Cause.OUT_OF_MEMORY
         else:
@@ -185,6 +210,9 @@ class ContainerBackend:
             advice = StageResult(task.stage, cause, code).advice()
             message = (f"container {handle.ref} was killed at its memory limit of "
                        f"{task.resources.memory} (exit {code}); {advice}")
+        elif cause is Cause.DEADLINE:
+            message = (f"container {handle.ref} ran past its timeout of "
+                       f"{task.resources.timeout_seconds} s and was stopped (exit {code})")
         elif cause is Cause.USER_ERROR:
             message = f"exit {code}: {message}" if message else f"exit {code}"
         return StageResult(task.stage, cause, code, message, log_tail(text), handle.ref)
@@ -227,6 +255,6 @@ class ContainerBackend:
         if "result" in handle.extra or handle.extra["start_error"]:
             return
         handle.extra["cancelled"] = True
-        self._engine("stop", "--time", "10", handle.ref)
+        self._engine("stop", "--time", str(self.grace_seconds), handle.ref)
         if not handle.extra.get("waiting"):
             self.wait(handle)  # keeps its logs in storage, then removes it

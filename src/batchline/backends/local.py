@@ -28,8 +28,9 @@ class LocalBackend:
     name = "local"
     fans_out_shards = False
 
-    def __init__(self, poll_seconds: float = 0.05) -> None:
+    def __init__(self, poll_seconds: float = 0.05, grace_seconds: float = 10.0) -> None:
         self.poll_seconds = poll_seconds
+        self.grace_seconds = grace_seconds  # between SIGTERM and SIGKILL
         self._logdir = Path(tempfile.mkdtemp(prefix="batchline-local-"))
 
     def submit(self, task: StageTask) -> Handle:
@@ -41,13 +42,20 @@ class LocalBackend:
                                     stdin=subprocess.DEVNULL,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.info("stage %s: running locally as pid %d", task.stage, proc.pid)
-        return Handle(task, str(proc.pid), {"proc": proc, "logfile": logfile})
+        deadline = time.monotonic() + task.resources.timeout_seconds
+        return Handle(task, str(proc.pid), {"proc": proc, "logfile": logfile,
+                                            "deadline": deadline})
 
     def wait(self, handle: Handle, on_event: OnEvent | None = None) -> StageResult:
         proc: subprocess.Popen[bytes] = handle.extra["proc"]
         if on_event:
             on_event(handle.task, "running")
         while proc.poll() is None:
+            if time.monotonic() > handle.extra["deadline"]:
+                # As Kubernetes' activeDeadlineSeconds: stop it, report DEADLINE.
+                handle.extra["timed_out"] = True
+                self._stop(proc)
+                break
             time.sleep(self.poll_seconds)
         text = self.logs(handle)
         task = handle.task
@@ -57,12 +65,19 @@ class LocalBackend:
         code = proc.returncode
         if code < 0:  # killed by a signal: report it as the shell would
             code = 128 - code
-        cause = Cause.CANCELLED if handle.extra.get("cancelled") else Cause.from_exit_code(code)
+        message = last_error(text)
+        if handle.extra.get("cancelled"):
+            cause = Cause.CANCELLED
+        elif handle.extra.get("timed_out"):
+            cause = Cause.DEADLINE
+            message = (f"stage {task.stage} ran past its timeout of "
+                       f"{task.resources.timeout_seconds} s and was stopped (exit {code})")
+        else:
+            cause = Cause.from_exit_code(code)
         if cause is Cause.OUT_OF_MEMORY and code == 137 and "out of memory" not in text:
             # SIGKILL from outside (a person, a test) is not memory pressure.
             cause = Cause.USER_ERROR
-        return StageResult(task.stage, cause, code, last_error(text), log_tail(text),
-                           handle.ref)
+        return StageResult(task.stage, cause, code, message, log_tail(text), handle.ref)
 
     def logs(self, handle: Handle) -> str:
         path: Path = handle.extra["logfile"]
@@ -73,8 +88,13 @@ class LocalBackend:
         if proc.poll() is not None:
             return
         handle.extra["cancelled"] = True
+        self._stop(proc)
+
+    def _stop(self, proc: subprocess.Popen[bytes]) -> None:
+        """SIGTERM, then SIGKILL after the grace period (a stage in C code may not listen)."""
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=self.grace_seconds)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()

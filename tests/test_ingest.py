@@ -131,6 +131,57 @@ def test_jsonl_missing_column_exit_2(tmp_path: Path) -> None:
     assert _nothing_committed(task)
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    (b"", "empty"),
+    (b"\n  \n", "empty"),
+    (b'{"id": 1}\n{"id": 2, "name": "caf\xe9"}\n', "line 2 is not UTF-8 text (invalid byte at "
+                                                     "column 23)"),
+])
+def test_unusable_jsonl_exit_2_naming_file(tmp_path: Path, content: bytes, message: str) -> None:
+    src = tmp_path / "bad.jsonl"
+    src.write_bytes(content)
+    task = _task(tmp_path, src, fmt="jsonl")
+    result = _stage(task)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and str(src) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert _nothing_committed(task)
+
+
+def test_large_csv_streams_into_row_groups_with_true_line_numbers(tmp_path: Path) -> None:
+    """Many reader blocks: rows are gathered into row groups of at least batch_rows,
+    and a bad row far into the file is reported at its physical line."""
+    rows = 150_000  # about 5 MB: several of the CSV reader's blocks
+    lines = [f"{i},2024-01-02,{i / 7:.3f},name-{i:06d},true\n" for i in range(rows)]
+    lines[123_456] = "123456,2024-01-02,not-a-number,bad,true\n"
+    src = tmp_path / "big.csv"
+    src.write_text(HEADER + "".join(lines))
+    assert src.stat().st_size > 2 * ingest.CSV_BLOCK_BYTES
+    task = _task(tmp_path, src, batch_rows=100_000)
+    assert ingest.run(task) == {"rows": rows - 1, "rows_bad": 1}
+    files = storage.file_uris(task.outputs["encounters"])
+    groups = [pq.ParquetFile(f).metadata.row_group(g).num_rows
+              for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+    assert sum(groups) == rows - 1
+    assert all(n >= 100_000 for n in groups[:-1]) and len(groups) == 2
+    bad = storage.open_dataset(task.outputs["quarantine"]).to_table().to_pylist()
+    assert [(b["line"], "'not-a-number' is not a valid float64" in b["reason"]) for b in bad] \
+        == [(123_456 + 2, True)]  # +1 for the header, +1 as lines count from 1
+
+
+def test_large_jsonl_streams_in_batches(tmp_path: Path) -> None:
+    src = tmp_path / "big.jsonl"
+    rows = [{"id": i, "when": "2024-01-01", "value": i, "name": f"n{i}", "flag": i % 2 == 0}
+            for i in range(2_500)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows) + "[1, 2]\n")
+    task = _task(tmp_path, src, fmt="jsonl", batch_rows=1_000)
+    assert ingest.run(task) == {"rows": 2_500, "rows_bad": 1}
+    table = storage.open_dataset(task.outputs["encounters"]).to_table()
+    assert table.column("id").to_pylist() == list(range(2_500))
+    bad = storage.open_dataset(task.outputs["quarantine"]).to_table().to_pylist()
+    assert bad[0]["line"] == 2_501 and "not a JSON object" in bad[0]["reason"]
+
+
 def test_parquet_source(tmp_path: Path) -> None:
     src = tmp_path / "a.parquet"
     pq.write_table(pa.table({"id": [1, 2], "when": ["2024-01-01", "2024-01-02"],

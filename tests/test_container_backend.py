@@ -13,7 +13,7 @@ import pytest
 from conftest import RUNAWAY_FEATURES, committed_encounters
 
 from batchline import layout, storage
-from batchline.backends.container import ContainerBackend, cpus, memory_bytes
+from batchline.backends.container import ContainerBackend, cpus, memory_bytes, run_as
 from batchline.task import Cause, Resources, StageTask
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
@@ -162,3 +162,14 @@ def test_command_limits_and_credentials_by_name(s3_bucket: str, moto_server: str
     assert command[-4:] == ["img", "score", "--task", task.task_uri]
     assert memory_bytes("512Mi") == 512 * 2**20 and memory_bytes("2G") == 2 * 10**9
     assert cpus("500m") == "0.5"
+
+
+def test_stages_never_run_as_root() -> None:
+    image_user = "10001:10001"
+    assert run_as("podman", image_user, "s3://b/root", 1000, 1000) == ["--user", image_user]
+    assert run_as("podman", image_user, "/data", 0, 0) == ["--user", image_user]
+    # A non-root caller with a local folder: the stage runs as that caller.
+    assert run_as("/usr/bin/podman", image_user, "/home/ann/data", 1000, 100) == [
+        "--user", "1000:100", "--userns", "keep-id"]
+    assert run_as("docker", image_user, "file:///home/ann/data", 1000, 100) == [
+        "--user", "1000:100"]

@@ -56,3 +56,26 @@ def test_demo_pipeline_in_containers_matches_local(stage_images: dict[str, str],
     logs = run_cli("logs", "same", "score", "--storage", f"{s3_bucket}/container")
     assert "stage score: committed" in logs.stdout
     assert "testing" not in logs.stdout  # the credential value never reaches a log
+
+
+def test_local_folder_storage_in_containers(stage_images: dict[str, str],
+                                            tmp_path: Path) -> None:
+    """The embedded default (a local folder) works with --backend container too:
+    the stage user (10001) is given this run's output folders and nothing else."""
+    made = run_cli("demo-data", "--rows", "5000", "--out", str(tmp_path / "demo"))
+    assert made.returncode == 0, made.stderr
+    args = ["--set", f"stages.ingest.params.source={tmp_path / 'demo' / 'encounters.csv'}",
+            "--run-id", "same"]
+    local = run_cli("run", str(SPEC), "--storage", str(tmp_path / "local"), *args)
+    assert local.returncode == 0, local.stdout + local.stderr
+    root = tmp_path / "container"
+    contained = run_cli("run", str(SPEC), "--backend", "container", "--storage", str(root),
+                        *args)
+    assert contained.returncode == 0, contained.stdout + contained.stderr
+    assert fingerprints(str(root), "same") == fingerprints(str(tmp_path / "local"), "same")
+
+    stage_owned = {p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.stat().st_uid == 10001 and p.parent.stat().st_uid != 10001}
+    assert stage_owned == {"runs/same/ingest/encounters", "runs/same/ingest/quarantine",
+                           "runs/same/features/features", "runs/same/train/model",
+                           "runs/same/score/predictions"}

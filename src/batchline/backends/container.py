@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 from batchline import layout, storage
 from batchline.backends.base import Handle, OnEvent, last_error, log_tail
@@ -59,16 +60,37 @@ def find_engine(preferred: str | None = None) -> str:
                        "(Debian: make podman)")
 
 
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
 def local_mounts(task: StageTask) -> list[str]:
     """Bind mounts that keep local URIs valid inside the container (same paths)."""
     mounts = []
-    if "://" not in task.storage_root:
-        mounts += ["--volume", f"{task.storage_root}:{task.storage_root}:rw"]
+    if is_local(task.storage_root):
+        root = storage.resolve(task.storage_root)[1]
+        mounts += ["--volume", f"{root}:{root}:rw"]
     source = str(task.params.get("source", ""))
-    if source and "://" not in source:
-        folder = source if os.path.isdir(source) else os.path.dirname(source)
+    if source and is_local(source):
+        path = storage.resolve(source)[1]
+        folder = path if os.path.isdir(path) else os.path.dirname(path)
         mounts += ["--volume", f"{folder}:{folder}:ro"]
     return mounts
+
+
+def run_as(engine: str, image_user: str, storage_root: str, uid: int, gid: int) -> list[str]:
+    """Who a stage runs as: always a non-root uid.
+
+    The image's user (10001) by default. A caller who is not root and keeps
+    storage in a local folder gets the stage run as themselves instead, so the
+    files it writes are theirs (rootless podman maps their uid with keep-id).
+    """
+    if not is_local(storage_root) or uid == 0:
+        return ["--user", image_user]
+    args = ["--user", f"{uid}:{gid}"]
+    if os.path.basename(engine) == "podman":
+        args += ["--userns", "keep-id"]
+    return args
 
 
 class ContainerBackend:
@@ -99,7 +121,7 @@ class ContainerBackend:
             # wait out its grace period while the stage runs on and commits.
             self.engine, "run", "--detach", "--init", "--pull", "never", "--name", container,
             "--read-only", "--tmpfs", f"/tmp:rw,size={self.tmpfs_size},mode=1777",  # noqa: S108
-            "--user", self.user, "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+            *self.user_args(task), "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
             "--network", self.network,
             "--memory", str(memory_bytes(task.resources.memory)), "--memory-swap",
             str(memory_bytes(task.resources.memory)), "--cpus", cpus(task.resources.cpu),
@@ -109,12 +131,28 @@ class ContainerBackend:
             task.image, task.stage, "--task", task.task_uri,
         ]
 
+    def user_args(self, task: StageTask) -> list[str]:
+        return run_as(self.engine, self.user, task.storage_root, os.geteuid(), os.getegid())
+
+    def grant_outputs(self, task: StageTask) -> None:
+        """Local storage as root: hand this stage's output folders (only those) to the
+        container's user, who may write nothing else on the host."""
+        if not is_local(task.storage_root) or os.geteuid() != 0:
+            return
+        uid, gid = (int(part) for part in self.user.split(":"))
+        for uri in task.outputs.values():
+            top = Path(storage.resolve(uri)[1])
+            top.mkdir(parents=True, exist_ok=True)
+            for path in (top, *top.rglob("*")):
+                os.chown(path, uid, gid, follow_symlinks=False)
+
     def _engine(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run([self.engine, *args], capture_output=True, text=True, check=False,
                               cwd=self._cwd, timeout=timeout)
 
     def submit(self, task: StageTask) -> Handle:
         container = f"{task.name}-a{task.attempt}-{secrets.token_hex(3)}"
+        self.grant_outputs(task)
         command = self.command(task, container)
         # Safe to log: credentials travel by name (`--env NAME`), never by value.
         log.debug("stage %s: %s", task.stage, shlex.join(command))

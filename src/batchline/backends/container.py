@@ -111,7 +111,9 @@ class ContainerBackend:
         # podman's conmon (cgroup v1) drops an `oom` marker file into the
         # caller's working directory when a container is OOM-killed; run the
         # engine from a private folder so the user's directory stays clean.
-        self._cwd = tempfile.mkdtemp(prefix="batchline-container-")
+        # A TemporaryDirectory is removed when the backend is (or at exit).
+        self._workdir = tempfile.TemporaryDirectory(prefix="batchline-container-")
+        self._cwd = self._workdir.name
 
     def command(self, task: StageTask, container: str) -> list[str]:
         """The full `run` command line (values of secrets never appear in it)."""

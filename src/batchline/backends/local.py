@@ -31,7 +31,10 @@ class LocalBackend:
     def __init__(self, poll_seconds: float = 0.05, grace_seconds: float = 10.0) -> None:
         self.poll_seconds = poll_seconds
         self.grace_seconds = grace_seconds  # between SIGTERM and SIGKILL
-        self._logdir = Path(tempfile.mkdtemp(prefix="batchline-local-"))
+        # Stage output lands here first, then is copied to storage; the folder
+        # is removed with the backend (or at exit).
+        self._tmp = tempfile.TemporaryDirectory(prefix="batchline-local-")
+        self._logdir = Path(self._tmp.name)
 
     def submit(self, task: StageTask) -> Handle:
         logfile = self._logdir / f"{task.name}-a{task.attempt}.log"

@@ -98,6 +98,8 @@ def test_bad_input_fails_run_with_exit_2_and_commits_nothing(tmp_path: Path) -> 
     assert str(src) in result.stderr and "missing columns" in result.stderr
     assert "hospital_id" in result.stderr
     assert "batchline resume bad" in result.stderr
+    assert "missing columns ['" in result.stderr  # brackets in messages print as they are
+    assert "last log lines:" in result.stderr and "[dim]" not in result.stderr
     assert not list((root / "runs" / "bad").rglob("_SUCCESS.json"))
     assert not list((root / "runs" / "bad").rglob("*.parquet"))
     assert _states(root, "bad")["ingest"] == "failed"

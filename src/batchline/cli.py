@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from batchline import STAGES, layout, storage
@@ -45,13 +46,14 @@ def _guard(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except StageFailed as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        # Messages and logs are data: escaped, so a "[...]" in them prints as is.
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         if exc.log_tail:
-            console.print("[dim]last log lines:[/dim]\n" + exc.log_tail, markup=False,
-                          highlight=False)
+            console.print("[dim]last log lines:[/dim]")
+            console.print(exc.log_tail, markup=False, highlight=False)
         raise typer.Exit(EXIT_BAD_INPUT if exc.cause is Cause.BAD_INPUT else 1) from None
     except BatchlineError as exc:
-        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
 

@@ -107,6 +107,9 @@ def test_bad_input_fails_run_with_exit_2_and_commits_nothing(tmp_path: Path) -> 
     assert len(manifest.stage("ingest")["attempts"]) == 1  # bad input is never retried
     logs = run_cli("logs", "bad", "ingest", "--storage", str(root))
     assert "missing columns" in logs.stdout
+    status = run_cli("status", "bad", "--storage", str(root))
+    assert "ingest: stage 'ingest' rejected its input" in status.stdout
+    assert "missing columns ['" in status.stdout
 
 
 def test_same_fingerprints_on_s3_as_on_local(demo_csv: Path, tmp_path: Path,

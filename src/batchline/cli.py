@@ -258,8 +258,8 @@ def status(run_id: Annotated[str, typer.Argument(metavar="RUN")],
         out.print(_stage_table(manifest))
         for stage, entry in manifest.data["stages"].items():
             if entry["state"] == "failed":
-                out.print(f"[red]{stage}[/red]: {entry.get('reason', '')}\n"
-                          f"{entry.get('error', '')}")
+                out.print(f"[red]{stage}[/red]: {escape(entry.get('reason', ''))}\n"
+                          f"{escape(entry.get('error', ''))}", highlight=False)
     _guard(body)
 
 

@@ -83,16 +83,21 @@ def test_too_many_bad_rows_exit_2_and_commit_nothing(tmp_path: Path) -> None:
     assert _nothing_committed(task)
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "empty"),
-    (HEADER.encode(), "no rows"),
-    (b"id,when,value,name\n1,2024-01-01,1,a\n", "missing columns ['flag']"),
-    (HEADER.encode() + b"1,2024-01-01,1.0,caf\xe9,true\n", "not UTF-8"),
+@pytest.mark.parametrize(("fmt", "content", "message"), [
+    ("csv", b"", "empty"),
+    ("csv", HEADER.encode(), "no rows"),
+    ("csv", b"id,when,value,name\n1,2024-01-01,1,a\n", "missing columns ['flag']"),
+    ("csv", HEADER.encode() + b"1,2024-01-01,1.0,caf\xe9,true\n", "not UTF-8"),
+    ("jsonl", b"", "empty"),
+    ("jsonl", b"\n  \n", "empty"),
+    ("jsonl", b'{"id": 1}\n{"id": 2, "name": "caf\xe9"}\n',
+     "line 2 is not UTF-8 text (invalid byte at column 23)"),
 ])
-def test_unusable_csv_exit_2_naming_file(tmp_path: Path, content: bytes, message: str) -> None:
-    src = tmp_path / "bad.csv"
+def test_unusable_input_exit_2_naming_file(tmp_path: Path, fmt: str, content: bytes,
+                                           message: str) -> None:
+    src = tmp_path / f"bad.{fmt}"
     src.write_bytes(content)
-    task = _task(tmp_path, src)
+    task = _task(tmp_path, src, fmt=fmt)
     result = _stage(task)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and str(src) in result.stderr
@@ -128,23 +133,6 @@ def test_jsonl_missing_column_exit_2(tmp_path: Path) -> None:
     task = _task(tmp_path, src, fmt="jsonl")
     with pytest.raises(DataError, match=r"missing columns \['flag'\]"):
         ingest.run(task)
-    assert _nothing_committed(task)
-
-
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "empty"),
-    (b"\n  \n", "empty"),
-    (b'{"id": 1}\n{"id": 2, "name": "caf\xe9"}\n', "line 2 is not UTF-8 text (invalid byte at "
-                                                     "column 23)"),
-])
-def test_unusable_jsonl_exit_2_naming_file(tmp_path: Path, content: bytes, message: str) -> None:
-    src = tmp_path / "bad.jsonl"
-    src.write_bytes(content)
-    task = _task(tmp_path, src, fmt="jsonl")
-    result = _stage(task)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and str(src) in result.stderr
-    assert "Traceback" not in result.stderr
     assert _nothing_committed(task)
 
 

@@ -1,7 +1,5 @@
-"""batchline: model-building jobs as four containerized batch stages."""
+"""batchline: model-building jobs as containerized batch stages (see batchline.stages)."""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-
-STAGES: tuple[str, ...] = ("ingest", "features", "train", "score")

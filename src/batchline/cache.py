@@ -4,14 +4,19 @@ A stage's key hashes its image (or the local interpreter), the version of the
 code that computes it, its params and shard count, and the fingerprints of
 its inputs (upstream datasets' checksums; the raw source files' sizes and
 modification times). Equal keys mean equal outputs, so a committed dataset
-with the same key is reused instead of recomputed. The parts are kept beside
-the key so that `batchline explain` can say which one changed.
+with the same key is reused instead of recomputed, after checking that every
+file it lists is still there with its committed size (and, with `verify`,
+its sha256). The parts are kept beside the key so that `batchline explain`
+can say which one changed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,8 @@ import pyarrow.fs as pafs
 
 from batchline import layout, storage
 from batchline.errors import DataError, StorageError
+
+log = logging.getLogger(__name__)
 
 # The modules whose code decides what a stage writes. Launcher, CLI and
 # backends are left out on purpose: changing them must not invalidate data.
@@ -40,12 +47,12 @@ def code_version() -> str:
     return digest.hexdigest()[:16]
 
 
-def source_fingerprint(source: str) -> str:
+def source_fingerprint(source: str, field: str = "source") -> str:
     """Names, sizes and modification times of the raw files (cheap: no reading)."""
     fs, path = storage.resolve(source)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:
-        raise DataError(f"source {source} does not exist; check stages.ingest.params.source")
+        raise DataError(f"source {source} does not exist; check {field}")
     infos = [info] if info.type == pafs.FileType.File else \
         fs.get_file_info(pafs.FileSelector(path, recursive=True))
     digest = hashlib.sha256()
@@ -61,7 +68,7 @@ def key_of(parts: dict[str, Any]) -> str:
 
 def explain_change(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
     """One line saying what differs between two sets of key parts."""
-    if old is None:
+    if not old:
         return "no earlier run of this pipeline to compare with"
     changes = []
     for field in ("image", "code_version", "shards"):
@@ -85,26 +92,67 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def lookup(root: str, run_id: str, stage: str, key: str) -> dict[str, Any] | None:
-    """Committed outputs of `stage` with this key: this run's own first, then any run's."""
-    own = {out: layout.output_uri(root, run_id, stage, out) for out in layout.OUTPUTS[stage]}
-    if _all_committed(own, key):
-        return {"run_id": run_id, "outputs": own}
+@dataclass(frozen=True)
+class Hit:
+    """Committed outputs that a stage may reuse."""
+
+    run_id: str
+    outputs: dict[str, str]
+    records: dict[str, storage.SuccessRecord]
+
+
+# Called with a problem found in a candidate (a missing file, a changed checksum).
+OnProblem = Callable[[str], None]
+
+
+def lookup(root: str, run_id: str, stage: str, outputs: tuple[str, ...], key: str,
+           verify: bool = False, on_problem: OnProblem | None = None) -> Hit | None:
+    """Committed outputs of `stage` with this key: this run's own first, then any run's.
+
+    A candidate is taken only if every file its records list is intact; a
+    damaged one is reported through `on_problem` and skipped, so the stage
+    reruns instead of reusing it.
+    """
+    report = on_problem or (lambda problem: None)
+    own = {out: layout.output_uri(root, run_id, stage, out) for out in outputs}
+    candidates = [(run_id, own)]
+    entry = _cache_entry(root, stage, key)
+    if entry is not None and entry[1] != own:
+        candidates.append(entry)
+    for owner, uris in candidates:
+        records = _committed_with_key(uris, key)
+        if records is None:
+            continue
+        problems = [p for uri, r in records.items() for p in storage.verify(uris[uri], r, verify)]
+        if problems:
+            for problem in problems:
+                report(problem)
+            continue
+        return Hit(owner, uris, records)
+    return None
+
+
+def _cache_entry(root: str, stage: str, key: str) -> tuple[str, dict[str, str]] | None:
+    uri = layout.cache_uri(root, stage, key)
     try:
-        entry: dict[str, Any] = json.loads(storage.read_text(layout.cache_uri(root, stage, key)))
-    except (StorageError, ValueError):
+        entry = json.loads(storage.read_text(uri))
+        return str(entry["run_id"]), {str(k): str(v) for k, v in entry["outputs"].items()}
+    except StorageError:
         return None
-    return entry if _all_committed(entry.get("outputs", {}), key) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("cache record %s is unreadable; ignoring it", uri)
+        return None
 
 
-def _all_committed(outputs: dict[str, str], key: str) -> bool:
-    if not outputs:
-        return False
-    for uri in outputs.values():
+def _committed_with_key(outputs: dict[str, str], key: str
+                        ) -> dict[str, storage.SuccessRecord] | None:
+    records = {}
+    for name, uri in outputs.items():
         record = storage.read_success(uri)
         if record is None or record.meta.get("cache_key") != key:
-            return False
-    return True
+            return None
+        records[name] = record
+    return records or None
 
 
 def remember(root: str, stage: str, key: str, run_id: str, outputs: dict[str, str]) -> None:

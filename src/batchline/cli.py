@@ -20,13 +20,13 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from batchline import STAGES, layout, storage
-from batchline.backends import get_backend
-from batchline.errors import EXIT_BAD_INPUT, BatchlineError, SpecError, StageFailed
+from batchline import layout, storage
+from batchline.backends import BACKENDS, REMOTE, get_backend
+from batchline.errors import BatchlineError, SpecError, StageFailed
 from batchline.launcher import Launcher, resume_hint
-from batchline.manifest import RunManifest, list_runs
+from batchline.manifest import RunManifest, StageState, list_runs
 from batchline.spec import PipelineSpec, load_spec, parse_set, parse_spec
-from batchline.task import Cause
+from batchline.stages import STAGES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Model-building jobs as four containerized batch stages.")
@@ -38,7 +38,10 @@ T = TypeVar("T")
 StorageOpt = Annotated[str | None, typer.Option(
     "--storage", help="storage root (local folder or s3://bucket/prefix); "
     "default: the spec's, or $BATCHLINE_STORAGE")]
-BackendOpt = Annotated[str, typer.Option("--backend", help="local, container or kubernetes")]
+BackendOpt = Annotated[str, typer.Option("--backend", help=", ".join(BACKENDS))]
+OptionOpt = Annotated[list[str] | None, typer.Option(
+    "--option", "-o", help="a backend option, KEY=VALUE (see docs/extending.md); overrides "
+    "the spec's backends.<name> section")]
 
 
 def _guard(fn: Callable[[], T]) -> T:
@@ -51,7 +54,7 @@ def _guard(fn: Callable[[], T]) -> T:
         if exc.log_tail:
             console.print("[dim]last log lines:[/dim]")
             console.print(exc.log_tail, markup=False, highlight=False)
-        raise typer.Exit(EXIT_BAD_INPUT if exc.cause is Cause.BAD_INPUT else 1) from None
+        raise typer.Exit(exc.exit_code) from None
     except BatchlineError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
@@ -65,75 +68,73 @@ def _root(storage_opt: str | None, spec: PipelineSpec | None = None) -> str:
     return root.rstrip("/")
 
 
-# Plain settings a stage pod needs to find storage; credentials are never
-# copied (in a cluster they come from IRSA or the Secret named by --secret).
-POD_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+def _backend_options(name: str, spec: PipelineSpec, given: dict[str, Any],
+                     pairs: list[str] | None) -> dict[str, Any]:
+    """The spec's `backends.<name>` section, then the command line's options on top."""
+    options = {**spec.backend_options(name), **{k: v for k, v in given.items() if v}}
+    for key, value in parse_set(pairs or []).items():
+        options[key] = value
+    return options
 
 
-def _backend(name: str, spec: PipelineSpec, namespace: str | None, context: str | None,
-             in_cluster: bool, secret: str | None = None) -> Any:
-    options: dict[str, object] = {}
-    if name == "kubernetes":
-        k8s = spec.kubernetes
-        options = {"namespace": namespace or k8s.namespace, "context": context,
-                   "in_cluster": in_cluster, "service_account": k8s.service_account,
-                   "ttl_seconds": k8s.ttl_seconds_after_finished,
-                   # The launcher retries by cause with a new Job per attempt,
-                   # so the Job controller itself does not retry.
-                   "backoff_limit": 0, "env_from_secret": secret,
-                   "env": {k: os.environ[k] for k in POD_ENV if k in os.environ}}
-    return get_backend(name, options)
-
-
-def _require_remote(spec: PipelineSpec, root: str, what: str) -> None:
-    """Pods run elsewhere: refuse storage or a source they could not see."""
-    source = str(spec.stages["ingest"].params.get("source", ""))
-    for name, uri in (("--storage", root), ("stages.ingest.params.source", source)):
+def _require_remote(spec: PipelineSpec, root: str, backend: str) -> None:
+    """Stages that run on other machines cannot see this machine's folders."""
+    if backend not in REMOTE:
+        return
+    uris = [("--storage", root)]
+    for stage in spec.stages:
+        params = spec.stages[stage].params
+        uris += [(f"stages.{stage}.params.{p}", str(params.get(p, "")))
+                 for p in STAGES[stage].source_params]
+    for name, uri in uris:
         if not uri.startswith("s3://"):
-            raise SpecError(f"{what}: {name} is {uri!r}; pods cannot see this machine's "
-                            "folders, use an s3:// URI")
+            raise SpecError(f"--backend {backend}: {name} is {uri!r}; its pods cannot see "
+                            "this machine's folders, use an s3:// URI")
 
 
 def _stage_table(manifest: RunManifest) -> Table:
-    table = Table(title=f"run {manifest.run_id} ({manifest.data['state']})", title_justify="left")
+    table = Table(title=f"run {manifest.run_id} ({manifest.state})", title_justify="left")
     for col in ("stage", "state", "rows", "elapsed", "detail"):
         table.add_column(col, justify="right" if col in ("rows", "elapsed") else "left")
     now = time.time()
-    for stage in STAGES:
-        entry = manifest.data["stages"].get(stage)
-        if entry is None:
-            continue
-        started, ended = entry.get("started_at"), entry.get("ended_at")
+    for stage, entry in manifest.stages.items():
+        started, ended = entry.started_at, entry.ended_at
         elapsed = f"{(ended or now) - started:.1f}s" if started else ""
-        rows = f"{entry['rows']:,}" if entry.get("rows") is not None else ""
-        detail = entry.get("reason", "") if entry["state"] != "running" else \
-            f"attempt {entry.get('attempt', 1)} {entry.get('phase', '')}"
+        rows = f"{entry.rows:,}" if entry.rows is not None else ""
         color = {"succeeded": "green", "reused": "cyan", "failed": "red",
-                 "running": "yellow"}.get(entry["state"], "white")
-        table.add_row(stage, f"[{color}]{entry['state']}[/{color}]", rows, elapsed, detail)
+                 "running": "yellow"}.get(entry.state, "white")
+        table.add_row(stage, f"[{color}]{entry.state}[/{color}]", rows, elapsed,
+                      escape(_detail(entry)))
     return table
 
 
+def _detail(entry: Any) -> str:
+    if entry.state is not StageState.RUNNING:
+        return str(entry.reason)
+    attempt = entry.attempts[-1].number if entry.attempts else 1
+    return f"attempt {attempt} {entry.phase}".rstrip()
+
+
 def _summary(manifest: RunManifest, seconds: float) -> None:
-    stages = manifest.data["stages"]
-    launched = sum(1 for s in stages.values() if s["state"] == "succeeded")
-    reused = sum(1 for s in stages.values() if s["state"] == "reused")
+    stages = manifest.stages
+    launched = sum(1 for s in stages.values() if s.state is StageState.SUCCEEDED)
+    reused = sum(1 for s in stages.values() if s.state is StageState.REUSED)
     out.print(_stage_table(manifest))
-    train = stages.get("train", {}).get("metrics", {})
-    ingest = stages.get("ingest", {}).get("metrics", {})
-    if "auc_valid" in train:
-        line = f"validation AUC {train['auc_valid']:.4f}"
-        if "generator_best_auc" in ingest:
-            best = ingest["generator_best_auc"]
-            gap = best - train["auc_valid"]
-            line += f" (generator's best achievable {best:.4f}, gap {gap:.4f})"
-        if "calibration_ece" in train:
-            line += f", calibration error {train['calibration_ece']:.4f}"
-        out.print(line)
-    if ingest.get("rows_bad"):
-        out.print(f"quarantined rows: {ingest['rows_bad']:,} (dataset ingest/quarantine)")
+    for stage, entry in stages.items():
+        if entry.metrics:
+            shown = ", ".join(f"{k} {_number(v)}" for k, v in entry.metrics.items())
+            out.print(f"{stage}: {shown}", markup=False, highlight=False, soft_wrap=True)
+        for warning in entry.warnings:
+            out.print(f"[yellow]warning:[/yellow] {stage}: {escape(warning)}", highlight=False,
+                      soft_wrap=True)
     out.print(f"{launched} stages launched, {reused} reused, {seconds:.1f}s; "
               f"manifest {layout.manifest_uri(manifest.root, manifest.run_id)}")
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
 
 
 def _line_printer() -> Callable[[RunManifest], None]:
@@ -141,28 +142,27 @@ def _line_printer() -> Callable[[RunManifest], None]:
     seen: dict[str, tuple[str, str]] = {}
 
     def on_change(manifest: RunManifest) -> None:
-        for stage, entry in manifest.data["stages"].items():
-            state = (entry["state"], str(entry.get("phase", "")))
-            if seen.get(stage) != state and entry["state"] != "pending":
+        for stage, entry in manifest.stages.items():
+            state = (str(entry.state), entry.phase)
+            if seen.get(stage) != state and entry.state is not StageState.PENDING:
                 seen[stage] = state
-                detail = entry.get("reason", "") if entry["state"] != "running" else \
-                    f"attempt {entry.get('attempt', 1)} {state[1]}".rstrip()
                 console.print(f"{time.strftime('%H:%M:%S')} {manifest.run_id} {stage}: "
-                              f"{entry['state']} {detail}", markup=False, highlight=False,
+                              f"{entry.state} {_detail(entry)}", markup=False, highlight=False,
                               soft_wrap=True)
     return on_change
 
 
 def _launch(spec: PipelineSpec, root: str, backend_name: str, run_id: str,
-            stages: list[str] | None, namespace: str | None, context: str | None,
-            in_cluster: bool, secret: str | None = None) -> None:
-    backend = _backend(backend_name, spec, namespace, context, in_cluster, secret)
+            stages: list[str] | None, options: dict[str, Any], verify: bool = False,
+            force: list[str] | None = None) -> None:
+    _require_remote(spec, root, backend_name)
+    backend = get_backend(backend_name, options, where=f"--option (backend {backend_name})")
     started = time.monotonic()
     live = Live(console=console, refresh_per_second=4, transient=True) \
         if console.is_terminal else None
     launcher = Launcher(spec, root, backend, run_id, stages,
                         on_change=(lambda m: live.update(_stage_table(m))) if live
-                        else _line_printer())
+                        else _line_printer(), verify=verify, force=force)
     try:
         if live:
             with live:
@@ -171,9 +171,28 @@ def _launch(spec: PipelineSpec, root: str, backend_name: str, run_id: str,
             launcher.run()
     except StageFailed:
         _summary(launcher.manifest, time.monotonic() - started)
-        console.print(resume_hint(run_id, root))
+        console.print(resume_hint(run_id, root), markup=False, highlight=False)
         raise
     _summary(launcher.manifest, time.monotonic() - started)
+
+
+NamespaceOpt = Annotated[str | None, typer.Option(help="Kubernetes namespace (backend option "
+                                                  "namespace)")]
+ContextOpt = Annotated[str | None, typer.Option(help="kubeconfig context (backend option "
+                                                "context)")]
+InClusterOpt = Annotated[bool, typer.Option(help="use the pod's service account (backend "
+                                            "option in_cluster)")]
+SecretOpt = Annotated[str | None, typer.Option(help="Kubernetes Secret with storage "
+                                               "credentials for stage pods (backend option "
+                                               "secret)")]
+VerifyOpt = Annotated[bool, typer.Option("--verify", help="check the sha256 of every file "
+                                         "before reusing a cached stage")]
+ForceOpt = Annotated[str | None, typer.Option("--force", help="comma-separated stages to "
+                                              "rerun even if their outputs could be reused")]
+
+
+def _names(value: str | None) -> list[str] | None:
+    return [s.strip() for s in value.split(",") if s.strip()] if value is not None else None
 
 
 @app.command()
@@ -185,32 +204,36 @@ def run(
     backend: BackendOpt = "local",
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: "
                                                    "stages.train.params.num_leaves=63")] = None,
-    namespace: Annotated[str | None, typer.Option(help="Kubernetes namespace")] = None,
-    context: Annotated[str | None, typer.Option(help="kubeconfig context")] = None,
-    in_cluster: Annotated[bool, typer.Option(help="use the pod's service account")] = False,
-    secret: Annotated[str | None, typer.Option(help="Kubernetes Secret with storage "
-                                               "credentials for stage pods (envFrom)")] = None,
+    option: OptionOpt = None,
+    namespace: NamespaceOpt = None,
+    context: ContextOpt = None,
+    in_cluster: InClusterOpt = False,
+    secret: SecretOpt = None,
+    verify: VerifyOpt = False,
+    force: ForceOpt = None,
 ) -> None:
     """Run a pipeline: every stage, or --stages; unchanged stages are reused."""
     def body() -> None:
         spec = load_spec(spec_path, parse_set(set_ or []))
-        spec = _absolute_source(spec)
+        spec = _absolute_sources(spec)
         root = _root(storage_opt, spec)
-        rid = layout.check_run_id(run_id) if run_id else layout.new_run_id(spec.name)
-        selected = [s.strip() for s in stages.split(",")] if stages else None
-        if backend == "kubernetes":
-            _require_remote(spec, root, "--backend kubernetes")
-        _launch(spec, root, backend, rid, selected, namespace, context, in_cluster, secret)
+        rid = layout.check_run_id(run_id) if run_id is not None else layout.new_run_id(spec.name)
+        given = {"namespace": namespace, "context": context, "in_cluster": in_cluster,
+                 "secret": secret}
+        _launch(spec, root, backend, rid, _names(stages),
+                _backend_options(backend, spec, given, option), verify, _names(force))
     _guard(body)
 
 
-def _absolute_source(spec: PipelineSpec) -> PipelineSpec:
-    """Make a relative local source absolute, so stage processes anywhere find it."""
-    source = spec.stages["ingest"].params.get("source", "")
-    if source and "://" not in source and not os.path.isabs(source):
-        return parse_spec(spec.model_dump(mode="json"), "<spec>",
-                          {"stages.ingest.params.source": os.path.abspath(source)})
-    return spec
+def _absolute_sources(spec: PipelineSpec) -> PipelineSpec:
+    """Make relative local sources absolute, so stage processes anywhere find them."""
+    overrides = {}
+    for stage, stage_spec in spec.stages.items():
+        for name in STAGES[stage].source_params:
+            source = str(stage_spec.params.get(name, ""))
+            if source and "://" not in source and not os.path.isabs(source):
+                overrides[f"stages.{stage}.params.{name}"] = os.path.abspath(source)
+    return parse_spec(spec.model_dump(mode="json"), "<spec>", overrides) if overrides else spec
 
 
 @app.command()
@@ -218,18 +241,23 @@ def resume(
     run_id: Annotated[str, typer.Argument(metavar="RUN")],
     storage_opt: StorageOpt = None,
     backend: Annotated[str | None, typer.Option("--backend")] = None,
-    namespace: Annotated[str | None, typer.Option()] = None,
-    context: Annotated[str | None, typer.Option()] = None,
-    in_cluster: Annotated[bool, typer.Option()] = False,
-    secret: Annotated[str | None, typer.Option()] = None,
+    option: OptionOpt = None,
+    namespace: NamespaceOpt = None,
+    context: ContextOpt = None,
+    in_cluster: InClusterOpt = False,
+    secret: SecretOpt = None,
+    verify: VerifyOpt = False,
 ) -> None:
     """Rerun a run from the first stage that did not commit (same spec, same run id)."""
     def body() -> None:
         root = _root(storage_opt)
-        manifest = RunManifest.load(root, run_id)
-        spec = parse_spec(manifest.data["spec"], f"manifest of run {run_id}")
-        _launch(spec, root, backend or manifest.data["backend"], run_id,
-                manifest.data["selected_stages"], namespace, context, in_cluster, secret)
+        manifest = RunManifest.load(root, layout.check_run_id(run_id))
+        spec = parse_spec(manifest.spec, f"manifest of run {run_id}")
+        name = backend or manifest.backend
+        given = {"namespace": namespace, "context": context, "in_cluster": in_cluster,
+                 "secret": secret}
+        _launch(spec, root, name, run_id, manifest.selected_stages,
+                _backend_options(name, spec, given, option), verify)
     _guard(body)
 
 
@@ -239,12 +267,14 @@ def runs(storage_opt: StorageOpt = None) -> None:
     def body() -> None:
         table = Table("run", "pipeline", "state", "backend", "created", "stages")
         table.columns[0].no_wrap = True
-        for m in list_runs(_root(storage_opt)):
-            states = " ".join(f"{s}:{m.data['stages'][s]['state']}" for s in STAGES
-                              if s in m.data["stages"])
-            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.data["created_at"]))
-            table.add_row(m.run_id, m.data["pipeline"], m.data["state"], m.data["backend"],
-                          created, states)
+        manifests, unreadable = list_runs(_root(storage_opt))
+        for m in manifests:
+            states = " ".join(f"{s}:{e.state}" for s, e in m.stages.items())
+            created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created_at))
+            table.add_row(m.run_id, m.pipeline, str(m.state), m.backend, created, states)
+        for run_id in unreadable:
+            table.add_row(run_id, "", "[red]unreadable[/red]", "", "",
+                          "manifest missing or damaged: `batchline status` says more")
         out.print(table)
     _guard(body)
 
@@ -254,12 +284,12 @@ def status(run_id: Annotated[str, typer.Argument(metavar="RUN")],
            storage_opt: StorageOpt = None) -> None:
     """Show one run's stages: state, rows, time, and why."""
     def body() -> None:
-        manifest = RunManifest.load(_root(storage_opt), run_id)
+        manifest = RunManifest.load(_root(storage_opt), layout.check_run_id(run_id))
         out.print(_stage_table(manifest))
-        for stage, entry in manifest.data["stages"].items():
-            if entry["state"] == "failed":
-                out.print(f"[red]{stage}[/red]: {escape(entry.get('reason', ''))}\n"
-                          f"{escape(entry.get('error', ''))}", highlight=False)
+        for stage, entry in manifest.stages.items():
+            if entry.state is StageState.FAILED:
+                out.print(f"[red]{stage}[/red]: {escape(entry.reason)}\n"
+                          f"{escape(entry.error)}", highlight=False)
     _guard(body)
 
 
@@ -271,21 +301,20 @@ def logs(run_id: Annotated[str, typer.Argument(metavar="RUN")],
     """Print a stage's log, kept in storage after pods and containers are gone."""
     def body() -> None:
         root = _root(storage_opt)
-        manifest = RunManifest.load(root, run_id)
-        if stage not in STAGES:
-            raise BatchlineError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
-        folder = storage.join(layout.run_uri(root, run_id), stage, "logs")
-        names = storage.list_dir(folder)
-        if attempt is not None:
-            names = [n for n in names if n.startswith(f"attempt-{attempt}")]
-        elif names:
-            last = max(int(n.split("-")[1].split(".")[0]) for n in names)
-            names = [n for n in names if n.startswith(f"attempt-{last}")]
-        if not names:
-            state = manifest.stage(stage)["state"]
-            raise BatchlineError(f"no logs for stage {stage} of run {run_id} (state: {state})")
-        for name in names:
-            sys.stdout.write(storage.read_text(storage.join(folder, name)))
+        manifest = RunManifest.load(root, layout.check_run_id(run_id))
+        if stage not in manifest.stages:
+            raise SpecError(f"run {run_id} has no stage {stage!r}; its stages: "
+                            f"{', '.join(manifest.stages)}")
+        attempts = manifest.stages[stage].attempts
+        chosen = [a for a in attempts if a.number == attempt] if attempt is not None else \
+            [a for a in attempts if attempts and a.number == attempts[-1].number]
+        uris = [uri for a in chosen for uri in a.logs]
+        if not uris:
+            raise SpecError(f"no logs for stage {stage} of run {run_id} "
+                            f"(state: {manifest.stages[stage].state}"
+                            + (f", attempt {attempt}" if attempt is not None else "") + ")")
+        for uri in uris:
+            sys.stdout.write(storage.read_text(uri))
     _guard(body)
 
 
@@ -294,12 +323,10 @@ def explain(run_id: Annotated[str, typer.Argument(metavar="RUN")],
             storage_opt: StorageOpt = None) -> None:
     """Say for each stage why it ran or was reused."""
     def body() -> None:
-        manifest = RunManifest.load(_root(storage_opt), run_id)
-        for stage in STAGES:
-            entry = manifest.data["stages"].get(stage)
-            if entry:
-                out.print(f"{stage:9} {entry['state']:10} {entry.get('reason', '')}",
-                          highlight=False, markup=False, soft_wrap=True)
+        manifest = RunManifest.load(_root(storage_opt), layout.check_run_id(run_id))
+        for stage, entry in manifest.stages.items():
+            out.print(f"{stage:9} {entry.state:10} {entry.reason}",
+                      highlight=False, markup=False, soft_wrap=True)
     _guard(body)
 
 
@@ -309,7 +336,8 @@ def validate(spec_path: Annotated[str, typer.Argument(metavar="SPEC")],
     """Check a pipeline spec; exit 2 with the field path of every error."""
     def body() -> None:
         spec = load_spec(spec_path, parse_set(set_ or []))
-        out.print(f"{spec_path}: valid pipeline {spec.name!r}")
+        out.print(f"{spec_path}: valid pipeline {spec.name!r} "
+                  f"({' -> '.join(spec.pipeline.order)})")
     _guard(body)
 
 
@@ -334,21 +362,24 @@ def render(spec_path: Annotated[str, typer.Argument(metavar="SPEC")],
            run_id: Annotated[str | None, typer.Option("--run-id")] = None,
            storage_opt: StorageOpt = None,
            set_: Annotated[list[str] | None, typer.Option("--set")] = None,
-           secret: Annotated[str | None, typer.Option(help="Secret with storage credentials "
-                                                      "for the pods (envFrom)")] = None) -> None:
+           option: OptionOpt = None,
+           secret: SecretOpt = None) -> None:
     """Print one run's Kubernetes Jobs as YAML, for people who submit with kubectl."""
     def body() -> None:
         import yaml
 
+        from batchline.backends import validate_options
         from batchline.render import render_run
 
         if backend != "kubernetes":
-            raise BatchlineError("render supports --backend kubernetes only")
+            raise SpecError("render supports --backend kubernetes only")
         spec = load_spec(spec_path, parse_set(set_ or []))
-        rid = layout.check_run_id(run_id) if run_id else layout.new_run_id(spec.name)
+        rid = layout.check_run_id(run_id) if run_id is not None else layout.new_run_id(spec.name)
         root = _root(storage_opt, spec)
-        _require_remote(spec, root, "render")
-        docs = render_run(spec, rid, root, env_from_secret=secret)
+        _require_remote(spec, root, backend)
+        options = validate_options(backend, _backend_options(backend, spec, {"secret": secret},
+                                                             option), "--option")
+        docs = render_run(spec, rid, root, options)
         sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
     _guard(body)
 

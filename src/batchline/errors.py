@@ -6,15 +6,7 @@ the message alone (no traceback) and exits with the error's exit code.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from batchline.task import Cause
-
-EXIT_OK = 0
-EXIT_RETRYABLE = 1
-EXIT_BAD_INPUT = 2
-EXIT_OOM = 137
+from batchline.causes import EXIT_BAD_INPUT, EXIT_RETRYABLE, Cause
 
 
 class BatchlineError(Exception):
@@ -55,3 +47,4 @@ class StageFailed(BatchlineError):
         self.cause = cause
         self.stage_exit_code = exit_code
         self.log_tail = log_tail
+        self.exit_code = EXIT_BAD_INPUT if cause is Cause.BAD_INPUT else EXIT_RETRYABLE

@@ -16,23 +16,8 @@ import time
 from batchline.errors import SpecError
 from batchline.storage import join
 
-RUN_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
-
-# The datasets each stage writes; stage code receives them as URIs by name.
-OUTPUTS: dict[str, tuple[str, ...]] = {
-    "ingest": ("encounters", "quarantine"),
-    "features": ("features",),
-    "train": ("model",),
-    "score": ("predictions",),
-}
-# Which upstream outputs each stage reads, as (stage, output) pairs.
-INPUTS: dict[str, dict[str, tuple[str, str]]] = {
-    "ingest": {},
-    "features": {"encounters": ("ingest", "encounters")},
-    "train": {"features": ("features", "features")},
-    "score": {"features": ("features", "features"), "model": ("train", "model")},
-}
-
+# Full matches only: `$` would also accept a trailing newline.
+RUN_ID = re.compile(r"[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?")
 
 def new_run_id(pipeline: str) -> str:
     """A sortable, Kubernetes-name-safe run id: <pipeline>-<utc time>-<random>."""
@@ -42,7 +27,7 @@ def new_run_id(pipeline: str) -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    if not RUN_ID.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
         raise SpecError(f"invalid run id {run_id!r}: use 1-32 lowercase letters, digits and '-', "
                         "starting and ending with a letter or digit")
     return run_id

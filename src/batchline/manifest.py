@@ -1,99 +1,226 @@
 """The run manifest: every state change of a run, stage by stage, next to the data.
 
-It is rewritten atomically (see storage.write_bytes) at each change, so
-`batchline status` and `batchline resume` always read a consistent picture,
-even of a run whose launcher was killed.
+Typed (pydantic) so that states are enums, attempts are records, and a
+manifest written by an older batchline still reads: `schema_version` 1 (no
+version field) is upgraded on load. It is rewritten atomically (see
+storage.write_bytes) at each change, so `batchline status` and `batchline
+resume` always read a consistent picture, even of a run whose launcher was
+killed. The manifest is saved under the storage root it was opened from,
+never under the root it records, so a copied root stays self-contained.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import time
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
 from batchline import layout, storage
+from batchline.causes import Cause
 from batchline.errors import StorageError
 
-# Stage states, in the order a stage moves through them.
-PENDING, RUNNING, SUCCEEDED, REUSED, FAILED, SKIPPED, CANCELLED = (
-    "pending", "running", "succeeded", "reused", "failed", "skipped", "cancelled")
-DONE = {SUCCEEDED, REUSED}
+SCHEMA_VERSION = 2
 
 
-class RunManifest:
-    """A thin, always-JSON-serialisable view of one run's manifest."""
+class StageState(enum.StrEnum):
+    """Where one stage of a run is."""
 
-    def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    REUSED = "reused"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    CANCELLED = "cancelled"
+
+    @property
+    def done(self) -> bool:
+        """Committed outputs exist for this stage (run now or reused)."""
+        return self in (StageState.SUCCEEDED, StageState.REUSED)
+
+    @property
+    def ended(self) -> bool:
+        return self not in (StageState.PENDING, StageState.RUNNING)
+
+
+class RunState(enum.StrEnum):
+    """Where a whole run is."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class _Record(BaseModel):
+    # Fields a newer batchline adds are kept out rather than refused, so an
+    # older CLI can still show a newer run; enums stay strict.
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+
+class Attempt(_Record):
+    """One attempt of a stage (or of one shard), recorded when it starts."""
+
+    number: int = Field(ge=1)
+    shard: int | None = None
+    started_at: float = 0.0
+    ended_at: float | None = None
+    cause: Cause | None = None  # None while it runs
+    exit_code: int | None = None
+    message: str = ""
+    backend_ref: str = ""
+    logs: list[str] = Field(default_factory=list)
+
+
+class StageRecord(_Record):
+    """What the manifest knows about one stage of the run."""
+
+    state: StageState = StageState.PENDING
+    phase: str = ""  # pending/running as the platform reports it
+    attempts: list[Attempt] = Field(default_factory=list)
+    cache_key: str = ""
+    key_parts: dict[str, Any] = Field(default_factory=dict)
+    reason: str = ""
+    error: str = ""
+    cause: Cause | None = None
+    outputs: dict[str, str] = Field(default_factory=dict)
+    fingerprints: dict[str, str] = Field(default_factory=dict)
+    rows: int | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    warnings: list[str] = Field(default_factory=list)
+    started_at: float | None = None
+    ended_at: float | None = None
+
+    def next_attempt(self) -> int:
+        """Attempt numbers only grow, so no task or log is ever overwritten."""
+        return max((a.number for a in self.attempts), default=0) + 1
+
+
+class Event(_Record):
+    t: float
+    stage: str
+    state: StageState
+    reason: str = ""
+    attempt: int | None = None
+
+
+class RunManifest(_Record):
+    """One run's manifest; `save()` writes it where it was loaded or created."""
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    pipeline: str
+    storage_root: str
+    backend: str
+    spec: dict[str, Any]
+    selected_stages: list[str]
+    state: RunState = RunState.PENDING
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    ended_at: float | None = None
+    stages: dict[str, StageRecord] = Field(default_factory=dict)
+    events: list[Event] = Field(default_factory=list)
+    _root: str = PrivateAttr(default="")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("schema_version", 1) == 1:
+            data = {**data, "schema_version": SCHEMA_VERSION,
+                    "stages": {name: _upgrade_stage(entry)
+                               for name, entry in (data.get("stages") or {}).items()}}
+        return data
 
     @classmethod
-    def new(cls, run_id: str, pipeline: str, root: str, backend: str, spec: dict[str, Any],
+    def new(cls, root: str, run_id: str, pipeline: str, backend: str, spec: dict[str, Any],
             stages: list[str]) -> RunManifest:
         now = time.time()
-        return cls({
-            "run_id": run_id, "pipeline": pipeline, "storage_root": root, "backend": backend,
-            "spec": spec, "selected_stages": stages, "state": PENDING,
-            "created_at": now, "updated_at": now, "ended_at": None,
-            "stages": {s: {"state": PENDING, "attempts": []} for s in stages},
-            "events": [],
-        })
+        manifest = cls(run_id=run_id, pipeline=pipeline, storage_root=root, backend=backend,
+                       spec=spec, selected_stages=stages, created_at=now, updated_at=now,
+                       stages={s: StageRecord() for s in stages})
+        manifest._root = root
+        return manifest
 
     @classmethod
     def load(cls, root: str, run_id: str) -> RunManifest:
+        """The run's manifest under `root`; StorageError if absent or unreadable."""
         uri = layout.manifest_uri(root, run_id)
         try:
-            return cls(json.loads(storage.read_text(uri)))
+            text = storage.read_text(uri)
         except StorageError:
             raise StorageError(f"no run {run_id!r} under {root} (no {uri}); "
                                "`batchline runs` lists the runs") from None
-
-    @property
-    def run_id(self) -> str:
-        return str(self.data["run_id"])
+        try:
+            manifest = cls.model_validate(json.loads(text))
+        except (ValueError, ValidationError) as exc:
+            raise StorageError(f"the manifest of run {run_id!r} ({uri}) is unreadable: "
+                               f"{_first_line(exc)}; it was truncated or edited. Restore it "
+                               "from a backup, or start a new run") from None
+        manifest._root = root
+        return manifest
 
     @property
     def root(self) -> str:
-        return str(self.data["storage_root"])
+        return self._root or self.storage_root
 
-    def stage(self, name: str) -> dict[str, Any]:
-        stages: dict[str, dict[str, Any]] = self.data["stages"]
-        return stages.setdefault(name, {"state": PENDING, "attempts": []})
+    def stage(self, name: str) -> StageRecord:
+        return self.stages.setdefault(name, StageRecord())
 
-    def event(self, stage: str, state: str, **fields: Any) -> None:
-        """Record a state change of a stage and persist the manifest."""
+    def event(self, stage: str, state: StageState, attempt: int | None = None,
+              **fields: Any) -> None:
+        """Record a state change of a stage (fields of its StageRecord) and save."""
         now = time.time()
         entry = self.stage(stage)
-        entry["state"] = state
-        entry.update(fields)
-        if state == RUNNING and "started_at" not in entry:
-            entry["started_at"] = now
-        if state in (SUCCEEDED, REUSED, FAILED, SKIPPED, CANCELLED):
-            entry["ended_at"] = now
-        self.data["events"].append({"t": now, "stage": stage, "state": state,
-                                    **{k: v for k, v in fields.items() if k in ("reason",
-                                                                               "attempt")}})
+        entry.state = state
+        for key, value in fields.items():
+            setattr(entry, key, value)
+        if state is StageState.RUNNING and entry.started_at is None:
+            entry.started_at = now
+        if state.ended:
+            entry.ended_at = now
+        self.events.append(Event(t=now, stage=stage, state=state,
+                                 reason=str(fields.get("reason", "")),
+                                 attempt=attempt))
         self.save()
 
-    def set_state(self, state: str) -> None:
-        self.data["state"] = state
-        if state in (SUCCEEDED, FAILED, CANCELLED):
-            self.data["ended_at"] = time.time()
+    def set_state(self, state: RunState) -> None:
+        self.state = state
+        if state in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED):
+            self.ended_at = time.time()
         self.save()
 
     def save(self) -> None:
-        self.data["updated_at"] = time.time()
+        self.updated_at = time.time()
         storage.write_text(layout.manifest_uri(self.root, self.run_id),
-                           json.dumps(self.data, indent=2, sort_keys=True, default=str))
+                           self.model_dump_json(indent=2))
 
 
-def list_runs(root: str) -> list[RunManifest]:
-    """Every run under a storage root, oldest first."""
-    runs = []
+def _upgrade_stage(entry: Any) -> Any:
+    """A schema-1 stage entry: attempts were {attempt, cause, ..., log} dicts."""
+    if not isinstance(entry, dict):
+        return entry
+    attempts = [{**a, "number": a.get("attempt", i + 1),
+                 "logs": [a["log"]] if a.get("log") else []}
+                for i, a in enumerate(entry.get("attempts") or []) if isinstance(a, dict)]
+    return {**entry, "attempts": attempts}
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def list_runs(root: str) -> tuple[list[RunManifest], list[str]]:
+    """Every readable run under a storage root, oldest first, and the unreadable run ids."""
+    runs, unreadable = [], []
     for run_id in storage.list_dir(storage.join(root, "runs")):
-        if not layout.RUN_ID.match(run_id):
+        if not layout.RUN_ID.fullmatch(run_id):
             continue
         try:
             runs.append(RunManifest.load(root, run_id))
-        except (StorageError, ValueError):
-            continue
-    return sorted(runs, key=lambda m: m.data.get("created_at", 0))
+        except StorageError:
+            unreadable.append(run_id)
+    return sorted(runs, key=lambda m: m.created_at), unreadable

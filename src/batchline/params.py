@@ -74,11 +74,3 @@ class ScoreParams(_Params):
     id_columns: list[str] = Field(min_length=1)
     batch_rows: int = Field(100_000, ge=1_000)
     num_threads: int = Field(2, ge=1, le=256)
-
-
-PARAMS_BY_STAGE: dict[str, type[_Params]] = {
-    "ingest": IngestParams,
-    "features": FeaturesParams,
-    "train": TrainParams,
-    "score": ScoreParams,
-}

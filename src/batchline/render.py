@@ -11,20 +11,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from batchline import STAGES, layout
+from batchline import layout
+from batchline.backends.kubernetes import Options
 from batchline.backends.kubernetes_job import job_manifest
 from batchline.launcher import stage_task
 from batchline.spec import PipelineSpec
+from batchline.stages import STAGES
 from batchline.task import StageTask
 
 
 def tasks_for_run(spec: PipelineSpec, run_id: str, root: str) -> list[StageTask]:
     """The first attempt of every stage of a run, with URIs from the layout."""
     tasks = []
-    for stage in STAGES:
-        inputs = {name: layout.output_uri(root, run_id, s, o)
-                  for name, (s, o) in layout.INPUTS[stage].items()}
-        outputs = {o: layout.output_uri(root, run_id, stage, o) for o in layout.OUTPUTS[stage]}
+    for stage in spec.pipeline.order:
+        inputs = {name: uri if kind == "uri" else layout.output_uri(root, run_id, uri, dataset)
+                  for name, (kind, uri, dataset) in spec.pipeline.wiring[stage].items()}
+        outputs = {o: layout.output_uri(root, run_id, stage, o) for o in STAGES[stage].outputs}
         tasks.append(stage_task(spec, root, run_id, stage, inputs, outputs, cache_key=""))
     return tasks
 
@@ -33,23 +35,23 @@ def upstream_seconds(spec: PipelineSpec) -> dict[str, int]:
     """How long each stage may have to wait for its inputs: the longest chain of
     upstream timeouts (ingest waits 0, score waits ingest + features + train)."""
     waits: dict[str, int] = {}
-    for stage in STAGES:  # pipeline order: every input stage is already known
+    for stage in spec.pipeline.order:  # run order: every input stage is already known
         waits[stage] = max((waits[s] + spec.stages[s].resources.timeout_seconds
-                            for s, _ in layout.INPUTS[stage].values()), default=0)
+                            for s in spec.pipeline.upstream(stage)), default=0)
     return waits
 
 
 def render_run(spec: PipelineSpec, run_id: str, root: str,
-               env_from_secret: str | None = None) -> list[dict[str, Any]]:
+               options: Options | None = None) -> list[dict[str, Any]]:
     """Job manifests for every stage of one run, in pipeline order."""
-    k8s = spec.kubernetes
+    k8s = options or Options(**spec.backend_options("kubernetes"))
     waits = upstream_seconds(spec)
     jobs = []
     for task in tasks_for_run(spec, run_id, root):
         job = job_manifest(task, namespace=k8s.namespace, service_account=k8s.service_account,
                            ttl_seconds_after_finished=k8s.ttl_seconds_after_finished,
                            backoff_limit=spec.stages[task.stage].retries,
-                           env_from_secret=env_from_secret, inline_task=True,
+                           env_from_secret=k8s.secret, inline_task=True,
                            wait_inputs_seconds=waits[task.stage])
         # All Jobs are applied at once and a Job's deadline runs from its
         # start, so the waiting for upstream stages must not eat into the

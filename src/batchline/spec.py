@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import os
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from batchline import STAGES
+from batchline import quantity
 from batchline.errors import SpecError
-from batchline.params import PARAMS_BY_STAGE
+from batchline.pipeline import Pipeline, build
+from batchline.stages import STAGES
 
-_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$"
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+_SET_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_-]+)*")
 
 
 class _Model(BaseModel):
@@ -28,9 +37,21 @@ class _Model(BaseModel):
 
 
 class ResourcesSpec(_Model):
-    cpu: str = Field("1", pattern=_QUANTITY)
-    memory: str = Field("2Gi", pattern=_QUANTITY)
+    cpu: str = "1"
+    memory: str = "2Gi"
     timeout_seconds: int = Field(3600, ge=10, le=7 * 24 * 3600)
+
+    @field_validator("cpu")
+    @classmethod
+    def _cpu(cls, value: str) -> str:
+        quantity.cpu_cores(value)
+        return value
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        quantity.memory_bytes(value)
+        return value
 
 
 class Toleration(_Model):
@@ -47,12 +68,8 @@ class StageSpec(_Model):
     shards: int = Field(1, ge=1, le=1000)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
-
-
-class KubernetesSpec(_Model):
-    namespace: str = Field("batchline", pattern=_NAME)
-    service_account: str = Field("batchline-stage", pattern=_NAME)
-    ttl_seconds_after_finished: int = Field(3600, ge=0)
+    # input name -> URI of a committed dataset, for inputs no stage of this spec writes
+    inputs: dict[str, str] = Field(default_factory=dict)
 
 
 class PipelineSpec(_Model):
@@ -60,32 +77,62 @@ class PipelineSpec(_Model):
     storage: str = "./batchline-data"
     image_registry: str = "localhost"
     image_tag: str = "0.1.0"
-    stages: dict[str, StageSpec]
-    kubernetes: KubernetesSpec = Field(default_factory=lambda: KubernetesSpec())
+    stages: dict[str, StageSpec] = Field(min_length=1)
+    # Options of each backend (`kubernetes: {namespace: ...}`), validated by the
+    # backend's own options model; command-line options override them.
+    backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_backend_sections(cls, data: Any) -> Any:
+        # `kubernetes:` at the top level (specs written before `backends:`) is
+        # the same as `backends: {kubernetes: ...}`.
+        if isinstance(data, dict) and "kubernetes" in data:
+            data = dict(data)
+            section = data.pop("kubernetes") or {}
+            data["backends"] = {**(data.get("backends") or {}),
+                                "kubernetes": {**section,
+                                               **(data.get("backends") or {}).get("kubernetes",
+                                                                                   {})}}
+        return data
 
     @model_validator(mode="after")
     def _check_stages(self) -> PipelineSpec:
         unknown = [s for s in self.stages if s not in STAGES]
         if unknown:
-            raise ValueError(f"unknown stages {unknown}; known stages: {list(STAGES)}")
-        missing = [s for s in STAGES if s not in self.stages]
-        if missing:
-            raise ValueError(f"missing stages {missing}; every pipeline declares {list(STAGES)}")
+            raise ValueError(f"stages: unknown stages {unknown}; known stages: {list(STAGES)}")
+        problems = [f"stages.{name}.shards: stage {name!r} cannot be sharded (shardable: "
+                    f"{', '.join(s for s, d in STAGES.items() if d.shardable)}); remove "
+                    "shards or set it to 1"
+                    for name, stage in self.stages.items()
+                    if stage.shards > 1 and not STAGES[name].shardable]
+        if problems:
+            raise ValueError("\n".join(problems))
+        _ = self.pipeline  # builds the graph: a missing dataset is an error here
         return self
+
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        """The stages of this spec in run order, with their inputs wired."""
+        return build(list(self.stages), {s: spec.inputs for s, spec in self.stages.items()})
 
     def params(self, stage: str) -> BaseModel:
         """The stage's params, validated (already checked at load time)."""
-        return PARAMS_BY_STAGE[stage](**self.stages[stage].params)
+        return STAGES[stage].params(**self.stages[stage].params)
 
     def image(self, stage: str) -> str:
         return f"{self.image_registry}/batchline-{stage}:{self.image_tag}"
+
+    def backend_options(self, backend: str) -> dict[str, Any]:
+        return dict(self.backends.get(backend, {}))
 
 
 def _format_error(source: str, exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in (*prefix, *err["loc"])) or "(top level)"
-        lines.append(f"  {path}: {err['msg']}")
+        path = ".".join(str(p) for p in (*prefix, *err["loc"]))
+        message = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"  {path}: {message}" if path else f"  {message}")
     return f"{source}: invalid pipeline spec\n" + "\n".join(lines)
 
 
@@ -94,6 +141,8 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     for key in keys[:-1]:
         child = node.setdefault(key, {})
+        if child is None:
+            child = node[key] = {}
         if not isinstance(child, dict):
             raise SpecError(f"--set {dotted}: {key!r} is not a mapping in the spec")
         node = child
@@ -123,10 +172,18 @@ def parse_spec(data: Any, source: str = "<spec>",
         raise SpecError(_format_error(source, exc)) from None
     for stage, stage_spec in spec.stages.items():
         try:
-            PARAMS_BY_STAGE[stage](**stage_spec.params)
+            STAGES[stage].params(**stage_spec.params)
         except ValidationError as exc:
             raise SpecError(_format_error(source, exc, ("stages", stage, "params"))) from None
+    _check_backend_options(spec, source)
     return spec
+
+
+def _check_backend_options(spec: PipelineSpec, source: str) -> None:
+    from batchline.backends import validate_options
+
+    for name, options in spec.backends.items():
+        validate_options(name, options, f"{source}: backends.{name}")
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineSpec:
@@ -136,6 +193,8 @@ def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> Pipe
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(f"{path}: no such spec file") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, not a spec file") from None
     except UnicodeDecodeError:
         raise SpecError(f"{path}: the spec is not UTF-8 text") from None
     try:
@@ -149,8 +208,12 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
     """Turn `a.b=value` strings into overrides; values are parsed as YAML scalars."""
     out: dict[str, Any] = {}
     for pair in pairs:
-        if "=" not in pair or not re.match(r"^[A-Za-z0-9_.]+=", pair):
+        key, sep, value = pair.partition("=")
+        if not sep or not _SET_KEY.fullmatch(key):
             raise SpecError(f"--set {pair!r}: expected dotted.path=value")
-        key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value) if value else ""
+        try:
+            out[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError as exc:
+            raise SpecError(f"--set {key}: the value {value!r} is not valid YAML "
+                            f"({exc.__class__.__name__}); quote it as a string") from None
     return out

@@ -10,8 +10,6 @@ summary the backends may parse; everything before it is the stage's log.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import importlib
 import json
 import logging
 import os
@@ -19,8 +17,10 @@ import signal
 import sys
 import time
 
-from batchline import STAGES, storage
-from batchline.errors import EXIT_OOM, EXIT_RETRYABLE, BatchlineError, SpecError, StorageError
+from batchline import storage
+from batchline.causes import EXIT_OOM, EXIT_RETRYABLE
+from batchline.errors import BatchlineError, SpecError, StorageError
+from batchline.stages import STAGES
 from batchline.storage import read_text
 from batchline.task import StageTask
 
@@ -29,8 +29,7 @@ log = logging.getLogger("batchline.stage")
 
 def run_task(task: StageTask) -> dict[str, object]:
     """Run one stage task in this process; returns the stage's summary."""
-    module = importlib.import_module(f"batchline.stages.{task.stage}")
-    summary: dict[str, object] = module.run(task)
+    summary: dict[str, object] = STAGES[task.stage].load().run(task)
     return summary
 
 
@@ -50,7 +49,10 @@ def load_task(ref: str) -> StageTask:
         task = StageTask.from_json(read_text(ref))
     index_var = os.environ.get("BATCHLINE_SHARD_FROM_ENV")
     if index_var and index_var in os.environ:
-        task = dataclasses.replace(task, shard_index=int(os.environ[index_var]))
+        try:
+            task = task.for_shard(int(os.environ[index_var]))
+        except ValueError as exc:
+            raise SpecError(f"{index_var}={os.environ[index_var]!r}: {exc}") from None
     return task
 
 
@@ -75,7 +77,7 @@ def _terminated(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchline.stage")
-    parser.add_argument("stage", choices=STAGES)
+    parser.add_argument("stage", choices=list(STAGES))
     parser.add_argument("--task", required=True,
                         help="URI of the task JSON written by the launcher, or env:NAME")
     parser.add_argument("--wait-inputs", type=int, default=0, metavar="SECONDS",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -31,9 +32,10 @@ import pyarrow.parquet as pq
 
 from batchline.errors import StorageError
 
+log = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS.json"
 ROWS_PER_FILE = 1_000_000
-_SEGMENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._=-]*$")
+_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=-]*")
 
 
 def _s3_filesystem() -> pafs.S3FileSystem:
@@ -74,7 +76,7 @@ def join(base: str, *parts: str) -> str:
     """Join URI segments, refusing anything that could escape `base`."""
     for part in parts:
         for segment in part.split("/"):
-            if not _SEGMENT.match(segment) or segment in {".", ".."}:
+            if not _SEGMENT.fullmatch(segment) or segment in {".", ".."}:
                 raise StorageError(f"invalid path segment {segment!r} in {part!r}; use letters, "
                                    "digits, '.', '_', '-' and '='")
     return "/".join([base.rstrip("/"), *parts])
@@ -145,6 +147,25 @@ def schema_hash(schema: pa.Schema) -> str:
 
 
 @dataclass(frozen=True)
+class Stamp:
+    """Who committed a dataset and from what: written into every `_SUCCESS.json`.
+
+    The launcher reuses a dataset only when its stamp's cache key matches, so
+    a writer cannot be opened without one and no stage can forget it.
+    """
+
+    run_id: str
+    stage: str
+    cache_key: str
+    code_version: str = ""
+    shard: int | None = None
+    lineage: dict[str, str] = field(default_factory=dict)  # input name -> fingerprint
+
+    def meta(self, **extra: Any) -> dict[str, Any]:
+        return {**asdict(self), **extra}
+
+
+@dataclass(frozen=True)
 class CommittedFile:
     path: str  # relative to the dataset URI
     rows: int
@@ -186,11 +207,47 @@ class SuccessRecord:
 
 
 def read_success(uri: str) -> SuccessRecord | None:
-    """The success record of a dataset, or None if it was never committed."""
+    """The success record of a dataset, or None if it was never committed.
+
+    An unreadable record (truncated, edited) counts as not committed, with a
+    warning naming it, so the stage that writes it runs again.
+    """
+    target = join(uri, SUCCESS)
     try:
-        return SuccessRecord.from_json(read_text(join(uri, SUCCESS)))
+        text = read_text(target)
     except StorageError:
         return None
+    try:
+        return SuccessRecord.from_json(text)
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("%s is unreadable (%s); the dataset counts as not committed", target,
+                    type(exc).__name__)
+        return None
+
+
+def verify(uri: str, record: SuccessRecord, checksums: bool = False) -> list[str]:
+    """What is wrong with a committed dataset's files: missing, resized or (with
+    `checksums`) changed since the commit. Empty when every listed file is intact."""
+    fs, base = resolve(uri)
+    problems = []
+    for f in record.files:
+        path = f"{base}/{f.path}"
+        info = fs.get_file_info(path)
+        if info.type != pafs.FileType.File:
+            problems.append(f"{join(uri, f.path)} is missing")
+        elif info.size != f.bytes:
+            problems.append(f"{join(uri, f.path)} has {info.size} bytes, {f.bytes} were committed")
+        elif checksums and sha256_of(fs, path) != f.sha256:
+            problems.append(f"{join(uri, f.path)} does not match its committed sha256")
+    return problems
+
+
+def sha256_of(fs: pafs.FileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def committed(uri: str) -> SuccessRecord:
@@ -264,9 +321,10 @@ class DatasetWriter:
     listed in a success record).
     """
 
-    def __init__(self, uri: str, schema: pa.Schema | None = None,
+    def __init__(self, uri: str, stamp: Stamp, schema: pa.Schema | None = None,
                  rows_per_file: int = ROWS_PER_FILE) -> None:
         self.uri = uri
+        self.stamp = stamp
         self.schema = schema
         self.rows_per_file = rows_per_file
         self.prefix = f"data-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
@@ -339,9 +397,8 @@ class DatasetWriter:
         self._files.append(entry)
         return entry
 
-    def commit(self, metrics: dict[str, Any] | None = None,
-               meta: dict[str, Any] | None = None) -> SuccessRecord:
-        """Close the last file and publish `_SUCCESS.json`; returns the record."""
+    def commit(self, metrics: dict[str, Any] | None = None) -> SuccessRecord:
+        """Close the last file and publish `_SUCCESS.json` with the stamp; returns the record."""
         self._close_file()
         if self.schema is not None and not any(f.path.endswith(".parquet") for f in self._files):
             # An empty dataset still gets one (empty) file so readers see its schema.
@@ -354,7 +411,7 @@ class DatasetWriter:
             schema_hash=schema_hash(schema),
             schema=[[f.name, str(f.type)] for f in schema],
             metrics=metrics or {},
-            meta=meta or {},
+            meta=self.stamp.meta(),
             committed_at=time.time(),
         )
         write_text(join(self.uri, SUCCESS), record.to_json())
@@ -371,8 +428,8 @@ def remove_stale_prefixes(uri: str, keep: Iterable[str]) -> None:
             delete_dir(join(uri, name))
 
 
-def commit_union(uri: str, parts: list[str], metrics: dict[str, Any] | None = None,
-                 meta: dict[str, Any] | None = None) -> SuccessRecord:
+def commit_union(uri: str, parts: list[str], stamp: Stamp,
+                 metrics: dict[str, Any] | None = None) -> SuccessRecord:
     """Commit a dataset made of other committed datasets under it (shards).
 
     Each part must be a committed dataset below `uri`; the union's record
@@ -397,7 +454,7 @@ def commit_union(uri: str, parts: list[str], metrics: dict[str, Any] | None = No
         schema_hash=records[0].schema_hash if records else "",
         schema=records[0].schema if records else [],
         metrics=metrics or {},
-        meta=meta or {},
+        meta=stamp.meta(shards=len(parts)),
         committed_at=time.time(),
     )
     write_text(join(uri, SUCCESS), union.to_json())

@@ -8,12 +8,17 @@ whatever its platform reports back into a StageResult with one Cause.
 
 from __future__ import annotations
 
-import enum
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from batchline.errors import EXIT_BAD_INPUT, EXIT_OK, EXIT_OOM
+import pyarrow as pa
+
+from batchline import layout, storage
+from batchline.causes import Cause
+
+__all__ = ["Cause", "Resources", "StageResult", "StageTask"]
 
 
 @dataclass(frozen=True)
@@ -29,9 +34,11 @@ class Resources:
 class StageTask:
     """One attempt of one stage (or one shard of it), fully resolved.
 
-    Inputs and outputs map dataset names to URIs under the storage root, so a
-    stage never builds a path itself. `task_uri` is where the launcher stored
-    this task as JSON; the stage entrypoint reads it back from there.
+    Inputs and outputs map names to dataset URIs under the storage root, so a
+    stage never builds a path itself: it opens its outputs with `writer()`,
+    which picks this shard's own URI and stamps the commit with the cache key,
+    code version and lineage. `task_uri` is where the launcher stored this
+    task as JSON; the stage entrypoint reads it back from there.
     """
 
     run_id: str
@@ -48,14 +55,24 @@ class StageTask:
     shard_count: int = 1
     resources: Resources = field(default_factory=Resources)
     # Scheduling hints that only some backends use (Kubernetes nodeSelector,
-    # tolerations, service account); opaque to the stage itself.
+    # tolerations); opaque to the stage itself.
     placement: dict[str, Any] = field(default_factory=dict)
+    code_version: str = ""
+    # input name -> fingerprint of the committed dataset it was planned with
+    lineage: dict[str, str] = field(default_factory=dict)
+    # URIs of raw data outside the storage root that the stage reads
+    sources: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         """A short name for logs and for platform object names."""
         shard = f"-{self.shard_index}" if self.shard_count > 1 else ""
         return f"{self.run_id}-{self.stage}{shard}"
+
+    @property
+    def shard(self) -> int | None:
+        """This task's shard index, or None when the stage is not sharded."""
+        return self.shard_index if self.shard_count > 1 else None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, indent=2)
@@ -67,49 +84,25 @@ class StageTask:
         return cls(**data)
 
     def for_shard(self, index: int) -> StageTask:
-        """The same task narrowed to one shard (used by fan-out)."""
-        data = asdict(self)
-        data["resources"] = self.resources
-        data["shard_index"] = index
-        return StageTask(**data)
+        """The same task narrowed to one shard (fan-out, or an Indexed Job's pod)."""
+        if not 0 <= index < self.shard_count:
+            raise ValueError(f"shard index {index} is outside 0..{self.shard_count - 1}")
+        return dataclasses.replace(self, shard_index=index)
 
+    def output_uri(self, name: str) -> str:
+        """Where this task commits output `name`: its own shard's dataset when sharded."""
+        uri = self.outputs[name]
+        return layout.shard_uri(uri, self.shard_index) if self.shard_count > 1 else uri
 
-class Cause(enum.StrEnum):
-    """Why a stage ended: the fixed set every backend translates into."""
+    def stamp(self) -> storage.Stamp:
+        """What every commit of this task records about where its data came from."""
+        return storage.Stamp(run_id=self.run_id, stage=self.stage, cache_key=self.cache_key,
+                             code_version=self.code_version, shard=self.shard,
+                             lineage=dict(self.lineage))
 
-    SUCCEEDED = "succeeded"
-    BAD_INPUT = "bad_input"
-    OUT_OF_MEMORY = "out_of_memory"
-    EVICTED = "evicted"
-    IMAGE_PULL = "image_pull"
-    UNSCHEDULABLE = "unschedulable"
-    DEADLINE = "deadline"
-    USER_ERROR = "user_error"
-    CANCELLED = "cancelled"
-
-    @classmethod
-    def parse(cls, value: str) -> Cause:
-        try:
-            return cls(value)
-        except ValueError:
-            known = ", ".join(c.value for c in cls)
-            raise ValueError(f"unknown cause {value!r}; known causes: {known}") from None
-
-    @classmethod
-    def from_exit_code(cls, code: int) -> Cause:
-        """The cause implied by a stage process's exit code alone."""
-        if code == EXIT_OK:
-            return cls.SUCCEEDED
-        if code == EXIT_BAD_INPUT:
-            return cls.BAD_INPUT
-        if code in (EXIT_OOM, -9):
-            return cls.OUT_OF_MEMORY
-        return cls.USER_ERROR
-
-    @property
-    def retryable(self) -> bool:
-        """Bad input never heals; preemption and transient errors may."""
-        return self in {Cause.EVICTED, Cause.USER_ERROR}
+    def writer(self, name: str, schema: pa.Schema | None = None) -> storage.DatasetWriter:
+        """A DatasetWriter for output `name` of this task (its shard), stamped."""
+        return storage.DatasetWriter(self.output_uri(name), self.stamp(), schema)
 
 
 @dataclass(frozen=True)
@@ -122,6 +115,7 @@ class StageResult:
     message: str = ""
     log_tail: str = ""
     backend_ref: str = ""
+    logs: tuple[str, ...] = ()  # URIs of the logs kept in storage
 
     @property
     def ok(self) -> bool:
@@ -129,22 +123,4 @@ class StageResult:
 
     def advice(self) -> str:
         """One line a person can act on."""
-        return ADVICE[self.cause].format(stage=self.stage, code=self.exit_code)
-
-
-ADVICE: dict[Cause, str] = {
-    Cause.SUCCEEDED: "stage '{stage}' succeeded",
-    Cause.BAD_INPUT: "stage '{stage}' rejected its input (exit 2); fix the data or spec named "
-                     "above and resume the run",
-    Cause.OUT_OF_MEMORY: "stage '{stage}' ran out of memory (exit {code}); raise "
-                         "resources.{stage}.memory in the spec and resume the run",
-    Cause.EVICTED: "stage '{stage}' was evicted or preempted; resume the run "
-                   "(no retry was used up)",
-    Cause.IMAGE_PULL: "stage '{stage}' could not pull its image; check the image name and "
-                      "registry credentials (imagePullSecrets)",
-    Cause.UNSCHEDULABLE: "stage '{stage}' could not be scheduled; lower resources.{stage} or "
-                         "check nodeSelector and tolerations",
-    Cause.DEADLINE: "stage '{stage}' hit its deadline; raise resources.{stage}.timeout_seconds",
-    Cause.USER_ERROR: "stage '{stage}' failed (exit {code}); see the log lines above",
-    Cause.CANCELLED: "stage '{stage}' was cancelled",
-}
+        return self.cause.advice(self.stage, self.exit_code)

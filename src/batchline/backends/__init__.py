@@ -1,35 +1,60 @@
 """Backends run one StageTask somewhere and report one StageResult.
 
-Each backend lives in its own module and is imported only when chosen, so a
-missing optional SDK (kubernetes, boto3) only matters to those who use it.
+Each backend lives in its own module (`backends/<name>.py`) that defines a
+`Backend` subclass as `BACKEND` and its typed `Options`; it is imported only
+when chosen, so a missing optional SDK (kubernetes, boto3) only matters to
+those who use it. The template they share is in `base.py`.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
 
 from batchline.errors import SpecError
 
 if TYPE_CHECKING:
     from batchline.backends.base import Backend
 
-# name -> "module:factory"; the factory takes the backend's options dict.
+
+# name -> module; the module defines BACKEND (the class) and Options.
 BACKENDS: dict[str, str] = {
-    "local": "batchline.backends.local:LocalBackend",
-    "container": "batchline.backends.container:ContainerBackend",
-    "kubernetes": "batchline.backends.kubernetes:KubernetesBackend",
+    "local": "batchline.backends.local",
+    "container": "batchline.backends.container",
+    "kubernetes": "batchline.backends.kubernetes",
 }
+# Backends whose stages run on other machines: local folders are not theirs.
+REMOTE = frozenset({"kubernetes"})
 
 
-def get_backend(name: str, options: dict[str, object] | None = None) -> Backend:
-    """Build the named backend, importing its module only now."""
+def _module(name: str, where: str = "--backend") -> ModuleType:
     try:
         target = BACKENDS[name]
     except KeyError:
-        known = ", ".join(sorted(BACKENDS))
-        raise SpecError(f"unknown backend {name!r}; choose one of: {known}") from None
-    module_name, factory = target.split(":")
-    module = importlib.import_module(module_name)
-    backend: Backend = getattr(module, factory)(**(options or {}))
+        known = ", ".join(BACKENDS)
+        raise SpecError(f"{where}: unknown backend {name!r}; choose one of: {known}") from None
+    return importlib.import_module(target)
+
+
+def validate_options(name: str, options: dict[str, Any], where: str) -> Any:
+    """The backend's Options built from `options`; a SpecError naming each bad one."""
+    module = _module(name, where)
+    try:
+        return module.Options(**options)
+    except ValidationError as exc:
+        fields = ", ".join(module.Options.model_fields)
+        lines = [f"  {where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                 for e in exc.errors()]
+        raise SpecError(f"invalid options for the {name} backend (its options: {fields})\n"
+                        + "\n".join(lines)) from None
+
+
+def get_backend(name: str, options: dict[str, Any] | None = None,
+                where: str = "backend option") -> Backend[Any]:
+    """Build the named backend from plain options, importing its module only now."""
+    module = _module(name)
+    backend: Backend[Any] = module.BACKEND(validate_options(name, options or {}, where))
     return backend

@@ -19,36 +19,47 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from batchline import layout, storage
-from batchline.backends.base import Handle, OnEvent, last_error, log_tail
+from pydantic import Field
+
+from batchline import storage
+from batchline.backends.base import Backend, BackendOptions, Handle, Outcome, Phase
+from batchline.causes import Cause
 from batchline.errors import BackendError
-from batchline.task import Cause, StageResult, StageTask
+from batchline.quantity import cpu_cores, memory_bytes
+from batchline.task import StageTask
 
 log = logging.getLogger(__name__)
 # Variables forwarded by name when set in the launcher's environment.
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID",
                  "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION",
                  "AWS_DEFAULT_REGION", "BATCHLINE_LOG_LEVEL")
-_QUANTITY = re.compile(r"^([0-9.]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$")
-_FACTORS = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12,
-            "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 ENGINE_MISSING = 125  # podman/docker's own exit code when it could not start the container
+_IMAGE_MISSING = re.compile(r"image not known|no such image|unable to find image|"
+                            r"pull access denied", re.IGNORECASE)
 
 
-def memory_bytes(quantity: str) -> int:
-    """A Kubernetes memory quantity ("2Gi", "512M") as bytes."""
-    match = _QUANTITY.match(quantity)
-    if not match:
-        raise BackendError(f"invalid memory quantity {quantity!r}")
-    return int(float(match.group(1)) * _FACTORS[match.group(2)])
+class Options(BackendOptions):
+    engine: str | None = Field(None, description="podman or docker (default: whichever is "
+                               "on PATH, podman first)")
+    network: str = "host"
+    user: str = Field("10001:10001", pattern=r"^[0-9]+:[0-9]+$")
+    tmpfs_size: str = Field("2g", pattern=r"^[0-9]+[kmg]?$")
+    poll_seconds: float = Field(0.5, gt=0, le=60)
+    grace_seconds: int = Field(10, ge=0, le=600, description="`stop --time`")
+
+
+@dataclass
+class ContainerHandle(Handle):
+    start_error: str = ""
 
 
 def cpus(quantity: str) -> str:
     """A Kubernetes CPU quantity ("500m", "2") as a --cpus value."""
-    return str(int(quantity[:-1]) / 1000) if quantity.endswith("m") else quantity
+    return f"{cpu_cores(quantity):g}"
 
 
 def find_engine(preferred: str | None = None) -> str:
@@ -70,11 +81,11 @@ def local_mounts(task: StageTask) -> list[str]:
     if is_local(task.storage_root):
         root = storage.resolve(task.storage_root)[1]
         mounts += ["--volume", f"{root}:{root}:rw"]
-    source = str(task.params.get("source", ""))
-    if source and is_local(source):
-        path = storage.resolve(source)[1]
-        folder = path if os.path.isdir(path) else os.path.dirname(path)
-        mounts += ["--volume", f"{folder}:{folder}:ro"]
+    for source in task.sources:
+        if is_local(source):
+            path = storage.resolve(source)[1]
+            folder = path if os.path.isdir(path) else os.path.dirname(path)
+            mounts += ["--volume", f"{folder}:{folder}:ro"]
     return mounts
 
 
@@ -93,21 +104,15 @@ def run_as(engine: str, image_user: str, storage_root: str, uid: int, gid: int) 
     return args
 
 
-class ContainerBackend:
+class ContainerBackend(Backend[ContainerHandle]):
     """Runs stages as local containers (podman or docker)."""
 
     name = "container"
-    fans_out_shards = False
 
-    def __init__(self, engine: str | None = None, network: str = "host",
-                 user: str = "10001:10001", tmpfs_size: str = "2g",
-                 poll_seconds: float = 0.2, grace_seconds: int = 10) -> None:
-        self.engine = find_engine(engine)
-        self.grace_seconds = grace_seconds  # `stop --time`: SIGTERM, then SIGKILL
-        self.network = network
-        self.user = user
-        self.tmpfs_size = tmpfs_size
-        self.poll_seconds = poll_seconds
+    def __init__(self, options: Options | None = None, **fields: Any) -> None:
+        self.options = options or Options(**fields)
+        self.engine = find_engine(self.options.engine)
+        self.poll_seconds = self.options.poll_seconds
         # podman's conmon (cgroup v1) drops an `oom` marker file into the
         # caller's working directory when a container is OOM-killed; run the
         # engine from a private folder so the user's directory stays clean.
@@ -118,15 +123,16 @@ class ContainerBackend:
     def command(self, task: StageTask, container: str) -> list[str]:
         """The full `run` command line (values of secrets never appear in it)."""
         env = [arg for name in FORWARDED_ENV if name in os.environ for arg in ("--env", name)]
+        memory = str(memory_bytes(task.resources.memory))
         return [
             # --init: python as PID 1 would ignore SIGTERM, so `stop` (cancel) would
             # wait out its grace period while the stage runs on and commits.
             self.engine, "run", "--detach", "--init", "--pull", "never", "--name", container,
-            "--read-only", "--tmpfs", f"/tmp:rw,size={self.tmpfs_size},mode=1777",  # noqa: S108
+            "--read-only", "--tmpfs",
+            f"/tmp:rw,size={self.options.tmpfs_size},mode=1777",  # noqa: S108
             *self.user_args(task), "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
-            "--network", self.network,
-            "--memory", str(memory_bytes(task.resources.memory)), "--memory-swap",
-            str(memory_bytes(task.resources.memory)), "--cpus", cpus(task.resources.cpu),
+            "--network", self.options.network,
+            "--memory", memory, "--memory-swap", memory, "--cpus", cpus(task.resources.cpu),
             "--label", f"batchline.dev/run-id={task.run_id}",
             "--label", f"batchline.dev/stage={task.stage}",
             *env, *local_mounts(task),
@@ -134,16 +140,17 @@ class ContainerBackend:
         ]
 
     def user_args(self, task: StageTask) -> list[str]:
-        return run_as(self.engine, self.user, task.storage_root, os.geteuid(), os.getegid())
+        return run_as(self.engine, self.options.user, task.storage_root, os.geteuid(),
+                      os.getegid())
 
     def grant_outputs(self, task: StageTask) -> None:
         """Local storage as root: hand this stage's output folders (only those) to the
         container's user, who may write nothing else on the host."""
         if not is_local(task.storage_root) or os.geteuid() != 0:
             return
-        uid, gid = (int(part) for part in self.user.split(":"))
-        for uri in task.outputs.values():
-            top = Path(storage.resolve(uri)[1])
+        uid, gid = (int(part) for part in self.options.user.split(":"))
+        for name in task.outputs:
+            top = Path(storage.resolve(task.output_uri(name))[1])
             top.mkdir(parents=True, exist_ok=True)
             for path in (top, *top.rglob("*")):
                 os.chown(path, uid, gid, follow_symlinks=False)
@@ -152,7 +159,7 @@ class ContainerBackend:
         return subprocess.run([self.engine, *args], capture_output=True, text=True, check=False,
                               cwd=self._cwd, timeout=timeout)
 
-    def submit(self, task: StageTask) -> Handle:
+    def start(self, task: StageTask) -> ContainerHandle:
         container = f"{task.name}-a{task.attempt}-{secrets.token_hex(3)}"
         self.grant_outputs(task)
         command = self.command(task, container)
@@ -160,116 +167,58 @@ class ContainerBackend:
         log.debug("stage %s: %s", task.stage, shlex.join(command))
         started = subprocess.run(command, capture_output=True, text=True, check=False,
                                  cwd=self._cwd, timeout=300)
-        deadline = time.monotonic() + task.resources.timeout_seconds
-        handle = Handle(task, container, {"start_error": "", "deadline": deadline})
+        handle = ContainerHandle(task, container)
         if started.returncode != 0:
-            handle.extra["start_error"] = started.stderr.strip() or started.stdout.strip()
+            handle.start_error = started.stderr.strip() or started.stdout.strip()
+            if not _IMAGE_MISSING.search(handle.start_error):
+                raise BackendError(f"{self.engine} could not start stage {task.stage}: "
+                                   f"{handle.start_error}")
         else:
             log.info("stage %s: running in %s as container %s", task.stage, self.engine,
                      container)
         return handle
 
-    def wait(self, handle: Handle, on_event: OnEvent | None = None) -> StageResult:
-        if "result" in handle.extra:  # already collected (cancel() of an unwatched container)
-            result: StageResult = handle.extra["result"]
-            return result
-        if handle.extra["start_error"]:
-            return self._start_failure(handle)
-        handle.extra["waiting"] = True
-        try:
-            self._announce(handle, on_event)
-            self._wait_for_exit(handle)
-            state = self._state(handle)
-            text = self._collect_logs(handle)
-        finally:  # whatever happened above, leave no container behind
-            self._engine("rm", "--force", handle.ref)
-        code = int(str(state.get("ExitCode", 1)))
-        result = self._translate(handle, code, bool(state.get("OOMKilled")), text)
-        handle.extra["result"] = result
-        return result
-
-    def _wait_for_exit(self, handle: Handle) -> None:
-        """Block until the container exits, stopping it at the task's deadline.
-
-        `wait` runs in slices so the deadline is checked even while the
-        engine blocks; a failed `wait` (an engine hiccup) falls back to polling.
-        """
-        while True:
-            remaining = handle.extra["deadline"] - time.monotonic()
-            if remaining <= 0:
-                if self._state(handle).get("Running"):
-                    # As Kubernetes' activeDeadlineSeconds: stop it, report DEADLINE.
-                    handle.extra["timed_out"] = True
-                    self._engine("stop", "--time", str(self.grace_seconds), handle.ref)
-                return
-            try:
-                waited = self._engine("wait", handle.ref, timeout=min(remaining, 30.0))
+    def poll(self, handle: ContainerHandle, timeout: float) -> Outcome | Phase:
+        if handle.start_error:
+            return Outcome(ENGINE_MISSING, cause=Cause.IMAGE_PULL, message=(
+                f"image {handle.task.image} is not available to {self.engine}; build it "
+                "with `make images` or set image_registry/image_tag in the spec"))
+        state = self._state(handle)
+        if not state:
+            return Outcome(None, message=f"container {handle.ref} is gone")
+        if state.get("Running") or state.get("Status") in ("created", "configured",
+                                                           "initialized"):
+            try:  # `wait` blocks in the engine until the container ends, or the slice does
+                self._engine("wait", handle.ref, timeout=max(timeout, 0.5))
             except subprocess.TimeoutExpired:
-                continue
-            if waited.returncode == 0 or not self._state(handle).get("Running"):
-                return
-            time.sleep(self.poll_seconds)
-
-    def _announce(self, handle: Handle, on_event: OnEvent | None) -> None:
-        """Report "pending" until the engine says the process started, then "running"."""
-        if on_event is None:
-            return
-        on_event(handle.task, "pending")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+                return "running" if state.get("Running") else "pending"
             state = self._state(handle)
-            # A container that already exited did start: report running before its end.
-            if state.get("Running") or state.get("Status") in ("exited", "stopped", None):
-                break
-            time.sleep(self.poll_seconds)
-        on_event(handle.task, "running")
+            if state.get("Running"):
+                return "running"
+        # cgroup v1 podman may not see the OOM kill; then exit 137 alone says it.
+        oom = True if state.get("OOMKilled") else None
+        return Outcome(int(str(state.get("ExitCode", 1))), oom_killed=oom)
 
-    def _collect_logs(self, handle: Handle) -> str:
-        """The container's combined output, kept in storage before the container goes."""
+    def fetch_logs(self, handle: ContainerHandle) -> dict[int | None, str]:
+        if handle.start_error:
+            return {handle.task.shard: handle.start_error}
+        if handle.result is not None:  # removed after wait(): the stored copy is the log
+            return {}
         text = subprocess.run([self.engine, "logs", handle.ref], stdout=subprocess.PIPE,
-                              cwd=self._cwd,
-                              stderr=subprocess.STDOUT, text=True, check=False,
+                              cwd=self._cwd, stderr=subprocess.STDOUT, text=True, check=False,
                               timeout=120).stdout
-        handle.extra["logs"] = text
-        self._save_logs(handle.task, text)
-        return text
+        return {handle.task.shard: text}
 
-    def _translate(self, handle: Handle, code: int, oom_killed: bool, text: str) -> StageResult:
-        """The engine's end state as a StageResult; 137 is the kernel's OOM kill here."""
-        task = handle.task
-        if handle.extra.get("cancelled"):
-            cause = Cause.CANCELLED
-        elif handle.extra.get("timed_out"):
-            cause = Cause.DEADLINE
-        elif oom_killed or code == 137:
-            cause = Cause.OUT_OF_MEMORY
-        else:
-            cause = Cause.from_exit_code(code)
-        message = last_error(text)
-        if cause is Cause.OUT_OF_MEMORY:
-            advice = StageResult(task.stage, cause, code).advice()
-            message = (f"container {handle.ref} was killed at its memory limit of "
-                       f"{task.resources.memory} (exit {code}); {advice}")
-        elif cause is Cause.DEADLINE:
-            message = (f"container {handle.ref} ran past its timeout of "
-                       f"{task.resources.timeout_seconds} s and was stopped (exit {code})")
-        elif cause is Cause.USER_ERROR:
-            message = f"exit {code}: {message}" if message else f"exit {code}"
-        return StageResult(task.stage, cause, code, message, log_tail(text), handle.ref)
+    def stop(self, handle: ContainerHandle) -> None:
+        if not handle.start_error:
+            self._engine("stop", "--time", str(self.options.grace_seconds), handle.ref,
+                         timeout=self.options.grace_seconds + 60)
 
-    def _start_failure(self, handle: Handle) -> StageResult:
-        error = handle.extra["start_error"]
-        task = handle.task
-        self._save_logs(task, error)
-        if re.search(r"image not known|no such image|unable to find image|pull access denied",
-                     error, re.IGNORECASE):
-            return StageResult(task.stage, Cause.IMAGE_PULL, ENGINE_MISSING,
-                               f"image {task.image} is not available to {self.engine}; build it "
-                               "with `make images` or set image_registry/image_tag in the spec",
-                               error, handle.ref)
-        raise BackendError(f"{self.engine} could not start stage {task.stage}: {error}")
+    def release(self, handle: ContainerHandle, outcome: Outcome) -> None:
+        if not handle.start_error:  # whatever happened, leave no container behind
+            self._engine("rm", "--force", handle.ref)
 
-    def _state(self, handle: Handle) -> dict[str, object]:
+    def _state(self, handle: ContainerHandle) -> dict[str, object]:
         inspected = self._engine("inspect", "--format", "{{json .State}}", handle.ref)
         try:
             state: dict[str, object] = json.loads(inspected.stdout or "{}")
@@ -277,24 +226,5 @@ class ContainerBackend:
             return {}
         return state
 
-    def _save_logs(self, task: StageTask, text: str) -> None:
-        shard = task.shard_index if task.shard_count > 1 else None
-        storage.write_text(layout.log_uri(task.storage_root, task.run_id, task.stage,
-                                          task.attempt, shard), text)
 
-    def logs(self, handle: Handle) -> str:
-        if "logs" in handle.extra:
-            return str(handle.extra["logs"])
-        return subprocess.run([self.engine, "logs", handle.ref], stdout=subprocess.PIPE,
-                              cwd=self._cwd,
-                              stderr=subprocess.STDOUT, text=True, check=False,
-                              timeout=120).stdout
-
-    def cancel(self, handle: Handle) -> None:
-        """Stop the container; remove it too unless a wait() is collecting it."""
-        if "result" in handle.extra or handle.extra["start_error"]:
-            return
-        handle.extra["cancelled"] = True
-        self._engine("stop", "--time", str(self.grace_seconds), handle.ref)
-        if not handle.extra.get("waiting"):
-            self.wait(handle)  # keeps its logs in storage, then removes it
+BACKEND = ContainerBackend

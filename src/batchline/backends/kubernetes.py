@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -23,9 +24,14 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, TypeVar
 
-from batchline import layout, storage
-from batchline.backends.base import Handle, OnEvent, last_error, log_tail
-from batchline.backends.kubernetes_job import ANNOTATION_CACHE_KEY, ANNOTATION_TASK_URI
+from pydantic import Field
+
+from batchline.backends.base import Backend, BackendOptions, Handle, Outcome, Phase
+from batchline.backends.kubernetes_job import (
+    ANNOTATION_CACHE_KEY,
+    ANNOTATION_TASK_URI,
+    DNS_LABEL,
+)
 from batchline.backends.kubernetes_status import (
     COMPLETION_INDEX_ANNOTATION,
     COMPLETION_INDEX_LABEL,
@@ -35,8 +41,9 @@ from batchline.backends.kubernetes_status import (
     phase_from_k8s,
     pod_started,
 )
+from batchline.causes import Cause
 from batchline.errors import BackendError
-from batchline.task import Cause, StageResult, StageTask
+from batchline.task import StageTask
 
 log = logging.getLogger(__name__)
 
@@ -247,6 +254,33 @@ def _is_read_timeout(exc: BaseException) -> bool:
         isinstance(exc, urllib3.exceptions.ProtocolError) and "timed out" in str(exc))
 
 
+# Plain settings a stage pod needs to find storage; credentials are never
+# copied (in a cluster they come from IRSA or the Secret named by `secret`).
+POD_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def _pod_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in POD_ENV if k in os.environ}
+
+
+class Options(BackendOptions):
+    namespace: str = Field("batchline", pattern=DNS_LABEL)
+    service_account: str = Field("batchline-stage", pattern=DNS_LABEL)
+    ttl_seconds_after_finished: int = Field(3600, ge=0)
+    context: str | None = Field(None, description="kubeconfig context")
+    in_cluster: bool = Field(False, description="use the pod's service account")
+    kubeconfig: str | None = None
+    secret: str | None = Field(None, pattern=DNS_LABEL, description="Secret with storage "
+                               "credentials for stage pods (envFrom)")
+    env: dict[str, str] = Field(default_factory=_pod_env)
+    # The launcher retries by cause with a new Job per attempt, so the Job
+    # controller itself does not retry.
+    backoff_limit: int = Field(0, ge=0, le=100)
+    poll_seconds: float = Field(1.0, gt=0, le=60)
+    watch_seconds: int = Field(60, ge=1, le=3600)
+    unschedulable_grace_seconds: float = Field(120.0, ge=0)
+
+
 @dataclasses.dataclass
 class _Seen:
     """What the waiting thread knows so far about one Job and its pods."""
@@ -257,49 +291,50 @@ class _Seen:
     pods: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
-class KubernetesBackend:
+@dataclasses.dataclass
+class KubernetesHandle(Handle):
+    job: str = ""
+    namespace: str = ""
+    events: queue.Queue[Any] = dataclasses.field(default_factory=queue.Queue)
+    watchers: list[_Watcher] = dataclasses.field(default_factory=list)
+    seen: _Seen = dataclasses.field(default_factory=_Seen)
+
+
+class KubernetesBackend(Backend[KubernetesHandle]):
     """Runs each stage attempt as a Kubernetes Job and watches it to the end."""
 
     name = "kubernetes"
     # A sharded task is one Indexed Job (see kubernetes_job.job_manifest):
     # Kubernetes runs and retries the shards, each pod's log goes to its shard.
     fans_out_shards = True
+    # The Job's activeDeadlineSeconds normally ends it; this is the safety net.
+    deadline_slack_seconds = 60.0
 
-    def __init__(self, namespace: str = "batchline", context: str | None = None,
-                 in_cluster: bool = False, *, kubeconfig: str | None = None,
-                 api_client: Any = None, service_account: str = "batchline-stage",
-                 ttl_seconds: int = 3600,
-                 backoff_limit: int = 2, env: dict[str, str] | None = None,
-                 env_from_secret: str | None = None, poll_seconds: float = 1.0,
-                 watch_seconds: int = 60, unschedulable_grace_seconds: float = 120.0,
-                 retry: Retry | None = None) -> None:
+    def __init__(self, options: Options | None = None, *, api_client: Any = None,
+                 retry: Retry | None = None, **fields: Any) -> None:
         k8s = _sdk()
-        self.namespace = namespace
-        self.service_account = service_account
-        self.ttl_seconds = ttl_seconds
-        self.backoff_limit = backoff_limit
-        self.env = dict(env or {})
-        self.env_from_secret = env_from_secret
-        self.poll_seconds = poll_seconds
-        self.watch_seconds = watch_seconds
-        self.unschedulable_grace_seconds = unschedulable_grace_seconds
+        self.options = options or Options(**fields)
+        self.namespace = self.options.namespace
+        self.poll_seconds = self.options.poll_seconds
         self.retry = retry or Retry()
         # An explicit client (tests, embedding) wins over any configuration.
-        self.api_client = api_client or api_client_from_config(context, in_cluster, kubeconfig)
+        self.api_client = api_client or api_client_from_config(
+            self.options.context, self.options.in_cluster, self.options.kubeconfig)
         self._batch = k8s.client.BatchV1Api(self.api_client)
         self._core = k8s.client.CoreV1Api(self.api_client)
 
-    # -- submit ---------------------------------------------------------------
+    # -- start ----------------------------------------------------------------
 
-    def submit(self, task: StageTask) -> Handle:
-        """Create the task's Job; adopt an existing one built from the very same task."""
+    def start(self, task: StageTask) -> KubernetesHandle:
+        """Create the task's Job (adopting one built from the very same task), then watch."""
         from batchline.backends.kubernetes_job import job_manifest
 
+        opts = self.options
         manifest = job_manifest(task, namespace=self.namespace,
-                                service_account=self.service_account,
-                                ttl_seconds_after_finished=self.ttl_seconds,
-                                backoff_limit=self.backoff_limit, env=self.env or None,
-                                env_from_secret=self.env_from_secret)
+                                service_account=opts.service_account,
+                                ttl_seconds_after_finished=opts.ttl_seconds_after_finished,
+                                backoff_limit=opts.backoff_limit, env=opts.env or None,
+                                env_from_secret=opts.secret)
         name = manifest["metadata"]["name"]
         ref = f"{self.namespace}/{name}"
         try:
@@ -311,7 +346,18 @@ class KubernetesBackend:
                 raise BackendError(f"cannot create job {ref}: {_describe(exc)} "
                                    f"{getattr(exc, 'body', '') or exc}") from exc
             self._adopt(task, manifest, ref)
-        return Handle(task, ref, {"name": name, "namespace": self.namespace})
+        handle = KubernetesHandle(task, ref, job=name, namespace=self.namespace)
+        handle.watchers = [
+            _Watcher("job", lambda **kw: self._batch.list_namespaced_job(
+                self.namespace, field_selector=f"metadata.name={name}", **kw),
+                handle.events, self.retry, opts.watch_seconds),
+            _Watcher("pod", lambda **kw: self._core.list_namespaced_pod(
+                self.namespace, label_selector=f"job-name={name}", **kw),
+                handle.events, self.retry, opts.watch_seconds),
+        ]
+        for watcher in handle.watchers:
+            watcher.start()
+        return handle
 
     def _adopt(self, task: StageTask, manifest: dict[str, Any], ref: str) -> None:
         # 409: a Job of that name exists, e.g. from a launcher that died after
@@ -344,76 +390,41 @@ class KubernetesBackend:
             raise BackendError(f"cannot read job {self.namespace}/{name}: {_describe(exc)}") \
                 from exc
 
-    # -- wait -----------------------------------------------------------------
+    # -- poll -----------------------------------------------------------------
 
-    def wait(self, handle: Handle, on_event: OnEvent | None = None) -> StageResult:
-        """Watch the Job and its pods until they end; copy logs; return the result."""
-        name = handle.extra["name"]
-        events: queue.Queue[Any] = queue.Queue()
-        watchers = [
-            _Watcher("job", lambda **kw: self._batch.list_namespaced_job(
-                self.namespace, field_selector=f"metadata.name={name}", **kw),
-                events, self.retry, self.watch_seconds),
-            _Watcher("pod", lambda **kw: self._core.list_namespaced_pod(
-                self.namespace, label_selector=f"job-name={name}", **kw),
-                events, self.retry, self.watch_seconds),
-        ]
-        for watcher in watchers:
-            watcher.start()
+    def poll(self, handle: KubernetesHandle, timeout: float) -> Outcome | Phase:
+        """Apply what the watches saw (waiting up to `timeout`), then judge the Job."""
+        seen = handle.seen
         try:
-            result = self._until_done(handle, events, on_event)
-        finally:
-            for watcher in watchers:
-                watcher.stop()
-        text = self._copy_logs(handle)
-        if result.cause in (Cause.IMAGE_PULL, Cause.UNSCHEDULABLE):
-            # Kubernetes would keep retrying forever; the launcher decides instead.
-            self._delete_job(handle)
-        log.info("stage %s: kubernetes job %s ended: %s", handle.task.stage, handle.ref,
-                 result.cause.value)
-        message = result.message
-        if result.cause in (Cause.USER_ERROR, Cause.BAD_INPUT):
-            # The stage's own summary says more than "backoff limit reached".
-            message = last_error(text) or message
-        return dataclasses.replace(result, stage=handle.task.stage, backend_ref=handle.ref,
-                                   log_tail=log_tail(text), message=message)
-
-    def _until_done(self, handle: Handle, events: queue.Queue[Any],
-                    on_event: OnEvent | None) -> StageResult:
-        seen = _Seen()
-        phase = ""
-        name = handle.extra["name"]
-        while True:
-            try:
-                self._apply(seen, events.get(timeout=self.poll_seconds), name)
-                while not events.empty():  # take a burst in one go
-                    self._apply(seen, events.get_nowait(), name)
-            except queue.Empty:
-                pass
-            if not (seen.job_synced and seen.pods_synced):
-                continue
-            if seen.job is None or handle.extra.get("cancelled"):
-                return StageResult(handle.task.stage, Cause.CANCELLED, None,
-                                   f"job {handle.ref} was deleted")
-            pods = sorted(seen.pods.values(), key=pod_started)
+            self._apply(seen, handle.events.get(timeout=max(timeout, 0.01)), handle.job)
+            while not handle.events.empty():  # take a burst in one go
+                self._apply(seen, handle.events.get_nowait(), handle.job)
+        except queue.Empty:
+            pass
+        if not (seen.job_synced and seen.pods_synced):
+            return "pending"
+        if seen.job is None:
+            return Outcome(cause=Cause.CANCELLED, message=f"job {handle.ref} was deleted")
+        pods = sorted(seen.pods.values(), key=pod_started)
+        grace = self.options.unschedulable_grace_seconds
+        result = cause_from_k8s(seen.job, pods, stage=handle.task.stage,
+                                unschedulable_grace=grace)
+        if result is not None and not result.ok:
+            # The two watches are not ordered with each other: the Job's
+            # Failed may overtake its pod's last update. Read the pods now.
+            fresh = {name_of(p): p for p in self._pods_of(handle.job)}
+            pods = sorted({**seen.pods, **fresh}.values(), key=pod_started)
             result = cause_from_k8s(seen.job, pods, stage=handle.task.stage,
-                                    unschedulable_grace=self.unschedulable_grace_seconds)
-            if result is not None and not result.ok:
-                # The two watches are not ordered with each other: the Job's
-                # Failed may overtake its pod's last update. Read the pods now.
-                fresh = {name_of(p): p for p in self._pods_of(name)}
-                pods = sorted({**seen.pods, **fresh}.values(), key=pod_started)
-                result = cause_from_k8s(seen.job, pods, stage=handle.task.stage,
-                                        unschedulable_grace=self.unschedulable_grace_seconds)
-            if result is not None:
-                return result
-            now = phase_from_k8s(seen.job, pods)
-            if now != phase:
-                phase = now
-                log.info("stage %s: %s on kubernetes as job %s", handle.task.stage, phase,
-                         handle.ref)
-                if on_event:
-                    on_event(handle.task, phase)
+                                    unschedulable_grace=grace)
+        if result is None:
+            phase: Phase = "running" if phase_from_k8s(seen.job, pods) == "running" \
+                else "pending"
+            return phase
+        oom = result.cause is Cause.OUT_OF_MEMORY
+        return Outcome(result.exit_code, oom_killed=oom,
+                       cause=None if result.cause in (Cause.SUCCEEDED, Cause.BAD_INPUT,
+                                                      Cause.USER_ERROR) or oom
+                       else result.cause, message=result.message)
 
     def _apply(self, seen: _Seen, item: tuple[str, str, Any], name: str) -> None:
         kind, kind_of_event, payload = item
@@ -440,35 +451,9 @@ class KubernetesBackend:
 
     # -- logs -----------------------------------------------------------------
 
-    def logs(self, handle: Handle) -> str:
-        """The stage's log: from its pods while they exist, else the copy in storage."""
-        text = self._read_pod_logs(handle)
-        if text:
-            return text
-        uri = self._log_uri(handle.task, None)
-        return storage.read_text(uri) if storage.exists(uri) else ""
-
-    def _copy_logs(self, handle: Handle) -> str:
-        # Pods go away with the Job's TTL; the copy under the run is what stays.
-        task = handle.task
-        by_shard = self._pod_logs_by_shard(handle)
-        for shard, text in by_shard.items():
-            storage.write_text(self._log_uri(task, shard), text)
-            log.info("stage %s: copied pod logs to %s", task.stage, self._log_uri(task, shard))
-        if not by_shard:
-            storage.write_text(self._log_uri(task, None), "")
-        return "".join(by_shard.values())
-
-    def _log_uri(self, task: StageTask, shard: int | None) -> str:
-        if shard is None and task.shard_count > 1:
-            shard = task.shard_index
-        return layout.log_uri(task.storage_root, task.run_id, task.stage, task.attempt, shard)
-
-    def _read_pod_logs(self, handle: Handle) -> str:
-        return "".join(self._pod_logs_by_shard(handle).values())
-
-    def _pod_logs_by_shard(self, handle: Handle) -> dict[int | None, str]:
-        pods = self._pods_of(handle.extra["name"])
+    def fetch_logs(self, handle: KubernetesHandle) -> dict[int | None, str]:
+        """Each pod's log by shard while the pods exist (they go with the Job's TTL)."""
+        pods = self._pods_of(handle.job)
         out: dict[int | None, str] = {}
         for pod in pods:
             shard = _completion_index(pod) if handle.task.shard_count > 1 else None
@@ -501,24 +486,29 @@ class KubernetesBackend:
         # Raw bytes: the client would json-decode a log that happens to be JSON.
         return bytes(response.data).decode("utf-8", errors="replace")
 
-    # -- cancel ---------------------------------------------------------------
+    # -- stop and release -----------------------------------------------------
 
-    def cancel(self, handle: Handle) -> None:
+    def stop(self, handle: KubernetesHandle) -> None:
         """Delete the Job and, in the background, its pods; safe to call twice."""
-        handle.extra["cancelled"] = True
-        self._delete_job(handle)
-
-    def _delete_job(self, handle: Handle) -> None:
-        name = handle.extra["name"]
         try:
             self.retry.call(lambda: self._batch.delete_namespaced_job(
-                name, self.namespace, propagation_policy="Background", _preload_content=False),
-                f"delete job {handle.ref}")
+                handle.job, self.namespace, propagation_policy="Background",
+                _preload_content=False), f"delete job {handle.ref}")
             log.info("stage %s: deleted kubernetes job %s", handle.task.stage, handle.ref)
         except Exception as exc:
             if _status(exc) == 404:
                 return
             raise BackendError(f"cannot delete job {handle.ref}: {_describe(exc)}") from exc
+
+    def release(self, handle: KubernetesHandle, outcome: Outcome) -> None:
+        for watcher in handle.watchers:
+            watcher.stop()
+        if outcome.cause in (Cause.IMAGE_PULL, Cause.UNSCHEDULABLE):
+            # Kubernetes would keep retrying forever; the launcher decides instead.
+            self.stop(handle)
+
+
+BACKEND = KubernetesBackend
 
 
 def _completion_index(pod: dict[str, Any]) -> int | None:

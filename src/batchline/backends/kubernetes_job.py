@@ -13,11 +13,13 @@ import hashlib
 import re
 from typing import Any
 
+from batchline.causes import EXIT_BAD_INPUT
 from batchline.task import StageTask
 
 UID = 10001
 CONTAINER = "stage"
-EXIT_BAD_INPUT = 2
+# A DNS-1123 label: what names of namespaces, service accounts and Secrets must be.
+DNS_LABEL = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 ANNOTATION_CACHE_KEY = "batchline.dev/cache-key"
 ANNOTATION_TASK_URI = "batchline.dev/task-uri"
 INLINE_TASK_ENV = "BATCHLINE_TASK"

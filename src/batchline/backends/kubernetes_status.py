@@ -1,19 +1,24 @@
 """Pure translators for the kubernetes backend: API objects in, phase or StageResult out.
 
 Jobs and pods are plain dicts shaped as the API server sends them (camelCase),
-so these functions need neither a client nor a server to be tested. A value
-this module does not know (a new Job condition type, pod phase or failure
-reason) raises an error listing the known ones instead of being guessed at.
+so these functions need neither a client nor a server to be tested. The API
+conventions say to assume an open world: a value this module does not know (a
+new Job condition type, pod phase or failure reason, from a newer cluster) is
+logged with its raw text and otherwise ignored, so the wait goes on and a
+cluster upgrade never crashes a run.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import UTC, datetime
 from typing import Any
 
-from batchline.errors import BackendError
-from batchline.task import Cause, StageResult
+from batchline.causes import Cause
+from batchline.task import StageResult
+
+log = logging.getLogger(__name__)
 
 # The Job controller labels its pods with both (the short one since forever,
 # the prefixed one since 1.27); we accept either when filtering client-side.
@@ -30,32 +35,35 @@ IMAGE_PULL_REASONS = frozenset({"ImagePullBackOff", "ErrImagePull", "InvalidImag
 DISRUPTION_REASONS = frozenset({"Evicted", "Preempted", "Preempting", "NodeShutdown"})
 
 
-class UnknownK8sStateError(BackendError, ValueError):
-    """The API server reported a value this version of batchline does not know."""
+_REPORTED: set[tuple[str, str]] = set()
 
 
-
-def _known(value: str, known: tuple[str, ...], what: str) -> str:
-    if value not in known:
-        raise UnknownK8sStateError(f"unknown {what} {value!r}; known: {', '.join(known)}. "
-                                   "Upgrade batchline or report this Kubernetes version")
-    return value
+def unknown(value: str, known: tuple[str, ...], what: str) -> bool:
+    """Whether `value` is new to this batchline; logs it once, with the known ones."""
+    if value in known:
+        return False
+    if (what, value) not in _REPORTED:
+        _REPORTED.add((what, value))
+        log.warning("kubernetes: unknown %s %r (known: %s); ignoring it and waiting on",
+                    what, value, ", ".join(known))
+    return True
 
 
 def job_conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The Job's conditions whose status is "True", by type (unknown types raise)."""
+    """The Job's known conditions whose status is "True", by type."""
     out = {}
     for cond in (job.get("status") or {}).get("conditions") or []:
-        kind = _known(str(cond.get("type", "")), JOB_CONDITION_TYPES, "Job condition type")
-        if str(cond.get("status")) == "True":
+        kind = str(cond.get("type", ""))
+        if not unknown(kind, JOB_CONDITION_TYPES, "Job condition type") and \
+                str(cond.get("status")) == "True":
             out[kind] = cond
     return out
 
 
 def pod_phase(pod: dict[str, Any]) -> str:
-    """A pod's phase, checked against the known set ("Pending" when not reported yet)."""
-    return _known(str((pod.get("status") or {}).get("phase") or "Pending"), POD_PHASES,
-                  "pod phase")
+    """A pod's phase ("Pending" when not reported yet; "Unknown" when new to us)."""
+    phase = str((pod.get("status") or {}).get("phase") or "Pending")
+    return "Unknown" if unknown(phase, POD_PHASES, "pod phase") else phase
 
 
 def phase_from_k8s(job: dict[str, Any], pods: list[dict[str, Any]]) -> str:
@@ -84,8 +92,6 @@ def cause_from_k8s(job: dict[str, Any], pods: list[dict[str, Any]], *, stage: st
     stage = stage or _stage_of(job)
     ref = _job_ref(job)
     conditions = job_conditions(job)
-    for pod in pods:
-        pod_phase(pod)  # unknown phases raise here, whatever the Job says
     if "Complete" in conditions:
         return StageResult(stage, Cause.SUCCEEDED, 0, backend_ref=ref)
     if "Failed" in conditions:
@@ -95,10 +101,10 @@ def cause_from_k8s(job: dict[str, Any], pods: list[dict[str, Any]], *, stage: st
 
 def _failed_result(stage: str, ref: str, failed: dict[str, Any],
                    pods: list[dict[str, Any]]) -> StageResult:
-    reason = failed.get("reason") or ""
-    if reason:
-        _known(reason, JOB_FAILED_REASONS, "Job failure reason")
+    reason = str(failed.get("reason") or "")
     message = str(failed.get("message") or "")
+    if reason and unknown(reason, JOB_FAILED_REASONS, "Job failure reason"):
+        message = f"{reason}: {message}".rstrip(": ")
     if reason == "DeadlineExceeded":
         return StageResult(stage, Cause.DEADLINE, None, message, backend_ref=ref)
     pod = _last_failed_pod(pods)
@@ -111,10 +117,13 @@ def _failed_result(stage: str, ref: str, failed: dict[str, Any],
     if terminated.get("reason") == "OOMKilled":
         return StageResult(stage, Cause.OUT_OF_MEMORY, code if code is not None else 137,
                            f"container was OOMKilled in pod {name_of(pod or {})}", backend_ref=ref)
-    # Exit 2 is the stage's "bad input" contract on every backend; a
-    # podFailurePolicy FailJob rule makes it fail fast, but without one the
-    # Job still ends (BackoffLimitExceeded) and the cause is the same.
-    cause = Cause.BAD_INPUT if code == 2 else Cause.USER_ERROR
+    # The one exit-code table: exit 2 is bad input on every backend (a
+    # podFailurePolicy FailJob rule makes it fail fast, but without one the Job
+    # still ends with BackoffLimitExceeded and the cause is the same); the
+    # kubelet says OOMKilled when it was memory, so 137 alone is not.
+    cause = Cause.from_exit(code, oom_killed=False)
+    if cause is Cause.SUCCEEDED:  # a Failed Job whose last pod exited 0 (e.g. deadline race)
+        cause = Cause.USER_ERROR
     detail = message or str(terminated.get("message") or "")
     return StageResult(stage, cause, code, detail, backend_ref=ref)
 

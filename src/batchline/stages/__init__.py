@@ -1,4 +1,96 @@
-"""The four stages. Each module has a pure core over Arrow data and a `run(task)`
-that reads its inputs from storage, calls the core and commits its outputs.
-Stages never import backends or the launcher.
+"""The stage catalog: every stage is defined here, once.
+
+A `StageDef` says what a stage is to the rest of batchline: its params model,
+the datasets it reads and writes (by name), which params name data outside
+the storage root, whether it can be sharded, which of its metrics the run
+summary shows, and which pip extras its image needs. The launcher, the
+pipeline graph, the CLI, render, the image build, bench and the tests all
+derive from `STAGES`; nothing else lists stage names.
+
+The stage code itself lives in `batchline.stages.<name>` and is imported only
+when the stage runs (`StageDef.load()`), so planning a run never imports
+LightGBM or DuckDB. Stages never import backends or the launcher.
+
+Adding a stage: write `stages/<name>.py` with `run(task) -> dict`, its params
+model in `params.py`, and one entry below (see docs/extending.md).
 """
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from pydantic import BaseModel
+
+from batchline.errors import SpecError
+from batchline.params import FeaturesParams, IngestParams, ScoreParams, TrainParams
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """One stage, as the launcher, the graph and the images see it."""
+
+    name: str
+    description: str
+    params: type[BaseModel]
+    # input name (as the stage code reads task.inputs[...]) -> dataset name
+    inputs: Mapping[str, str] = field(default_factory=dict)
+    # dataset names it commits; the first is the one whose rows the summary shows
+    outputs: tuple[str, ...] = ()
+    # params whose values are URIs of raw data outside the storage root: they
+    # are fingerprinted for the cache key and mounted by the container backend
+    source_params: tuple[str, ...] = ()
+    # whether N workers may each compute a part (task.shard_index of shard_count)
+    shardable: bool = False
+    # success metrics (of its outputs' records) copied into the run manifest
+    summary: tuple[str, ...] = ()
+    # pip extras of batchline its image installs (see pyproject.toml)
+    extras: tuple[str, ...] = ()
+
+    @property
+    def module(self) -> str:
+        return f"{__name__}.{self.name}"
+
+    def load(self) -> ModuleType:
+        """The stage's code module (imports its heavy dependencies now)."""
+        return importlib.import_module(self.module)
+
+
+_DEFS = (
+    StageDef("ingest", "raw CSV, JSON lines or Parquet to typed Parquet; bad rows quarantined",
+             IngestParams, outputs=("encounters", "quarantine"), source_params=("source",),
+             summary=("rows_in", "rows_bad", "generator_best_auc")),
+    StageDef("features", "the spec's feature SQL, run by DuckDB",
+             FeaturesParams, inputs={"encounters": "encounters"}, outputs=("features",),
+             extras=("features",)),
+    StageDef("train", "LightGBM on the labelled rows; model saved as text",
+             TrainParams, inputs={"features": "features"}, outputs=("model",),
+             summary=("auc_valid", "logloss_valid", "best_iteration", "model_version",
+                      "calibration_ece"),
+             extras=("model",)),
+    StageDef("score", "the model's predictions for the population, in bounded batches",
+             ScoreParams, inputs={"features": "features", "model": "model"},
+             outputs=("predictions",), shardable=True, summary=("model_version",),
+             extras=("model",)),
+)
+
+STAGES: dict[str, StageDef] = {d.name: d for d in _DEFS}
+
+# System packages an image needs for an extra (the OpenMP runtime of LightGBM).
+EXTRA_SYSTEM_PACKAGES: dict[str, tuple[str, ...]] = {"model": ("libgomp1",)}
+
+
+def get_stage(name: str, where: str = "stage") -> StageDef:
+    """The named stage's definition; a SpecError listing the known ones otherwise."""
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise SpecError(f"{where}: unknown stage {name!r}; known stages: "
+                        f"{', '.join(STAGES)}") from None
+
+
+def producers() -> dict[str, str]:
+    """Dataset name -> the stage that writes it."""
+    return {out: d.name for d in STAGES.values() for out in d.outputs}

@@ -86,7 +86,7 @@ def run(task: StageTask) -> dict[str, Any]:
     con = connect(params)
     try:
         reader = feature_reader(con, encounters, params)
-        with storage.DatasetWriter(task.outputs["features"]) as out:
+        with task.writer("features") as out:
             try:
                 for batch in reader:
                     out.write(batch)
@@ -94,9 +94,7 @@ def run(task: StageTask) -> dict[str, Any]:
                 raise MemoryError(str(exc)) from exc
             if out.schema is None:
                 out.schema = reader.schema
-            record = out.commit({"columns": len(out.schema)},
-                                {"run_id": task.run_id, "stage": task.stage,
-                                 "cache_key": task.cache_key})
+            record = out.commit({"columns": len(out.schema)})
     finally:
         con.close()
     log.info("features: %d rows, %d columns", record.rows, len(record.schema))

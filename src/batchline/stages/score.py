@@ -19,7 +19,7 @@ import lightgbm as lgb
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from batchline import layout, storage
+from batchline import storage
 from batchline.errors import DataError, StorageError
 from batchline.params import ScoreParams
 from batchline.stages.matrix import FeatureMap
@@ -84,17 +84,12 @@ def run(task: StageTask) -> dict[str, Any]:
                               batch_size=params.batch_rows, use_threads=False,
                               batch_readahead=1, fragment_readahead=1)
     schema = prediction_schema([dataset.schema.field(c) for c in params.id_columns])
-    out_uri = task.outputs["predictions"]
-    if task.shard_count > 1:
-        out_uri = layout.shard_uri(out_uri, task.shard_index)
     version = card["model_version"]
-    with storage.DatasetWriter(out_uri, schema) as out:
+    with task.writer("predictions", schema) as out:
         for batch in score_batches(scanner.to_batches(), booster, fmap, params.id_columns,
                                    schema, version, task.run_id, params.num_threads,
                                    (task.shard_index, task.shard_count)):
             out.write(batch)
-        record = out.commit({"model_version": version},
-                            {"run_id": task.run_id, "stage": task.stage,
-                             "cache_key": task.cache_key, "shard": task.shard_index})
+        record = out.commit({"model_version": version})
     log.info("score: %d predictions with model %s", record.rows, version)
     return {"rows": record.rows, "model_version": version}

@@ -155,15 +155,16 @@ def run(task: StageTask) -> dict[str, Any]:
     params = TrainParams(**task.params)
     data = load_training_data(storage.open_dataset(task.inputs["features"]), params)
     model = train(data, params)
-    meta = {"run_id": task.run_id, "stage": task.stage, "cache_key": task.cache_key}
     card = {"label": params.label, "feature_map": json.loads(model.feature_map.to_json()),
             "model_sha256": model.sha256, "model_version": model.sha256[:12],
             "lightgbm": lgb.__version__, "metrics": model.metrics, "trained_in_run": task.run_id}
-    with storage.DatasetWriter(task.outputs["model"]) as out:
+    with task.writer("model") as out:
         out.write_file("model.txt", model.text.encode())
         out.write_file("model.json", json.dumps(card, indent=2, sort_keys=True).encode())
         out.commit({**model.metrics, "model_sha256": model.sha256,
-                    "model_version": model.sha256[:12]}, meta)
+                    "model_version": model.sha256[:12],
+                    "calibration_ece": model.metrics["calibration_valid"]["ece"],
+                    "rows": model.metrics["rows_fit"] + model.metrics["rows_valid"]})
     log.info("train: validation AUC %.4f at iteration %d", model.metrics["auc_valid"],
              model.metrics["best_iteration"])
     return {"auc_valid": model.metrics["auc_valid"], "model_version": model.sha256[:12]}

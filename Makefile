@@ -33,7 +33,7 @@ test-fast: setup  ## unit tests only
 lint: setup  ## ruff, mypy, hadolint
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	$(BIN)/hadolint images/*/Dockerfile
+	$(BIN)/hadolint images/stage.Dockerfile images/*/Dockerfile
 
 podman:  ## install and configure podman (Debian; root)
 	bash images/setup-podman.sh

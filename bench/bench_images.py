@@ -26,6 +26,7 @@ from batchline import layout, storage
 from batchline.backends.container import ContainerBackend
 from batchline.backends.local import LocalBackend
 from batchline.spec import load_spec
+from batchline.stages import STAGES
 from batchline.task import StageTask
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +56,7 @@ def _task(root: str, attempt: int, image: str) -> StageTask:
     task = StageTask(
         run_id="bench", stage="ingest", inputs={},
         outputs={o: layout.output_uri(root, f"b{attempt}", "ingest", o)
-                 for o in layout.OUTPUTS["ingest"]},
+                 for o in STAGES["ingest"].outputs},
         params={"source": "s3://bench/tiny.csv", "columns": {"a": "int64", "b": "string"}},
         storage_root=root, task_uri=layout.task_uri(root, "bench", "ingest", attempt),
         cache_key="k", image=image, attempt=attempt)

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Build every stage image and the launcher with podman or docker, whichever
-# works here. BASE_IMAGE defaults to the air-gapped Debian base when it exists,
-# else to the public python:3.11-slim.
+# Build one image per stage of the catalog, from images/stage.Dockerfile, and
+# the launcher, with podman or docker, whichever works here. BASE_IMAGE
+# defaults to the air-gapped Debian base when it exists, else to the public
+# python:3.11-slim. PYTHON runs the catalog (default: the project's venv).
 set -euo pipefail
 
 version=$(grep -m1 '^version' pyproject.toml | cut -d'"' -f2)
 revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 registry=${IMAGE_REGISTRY:-localhost}
+python=${PYTHON:-.venv/bin/python}
 # podman defaults to the OCI format, which drops SHELL; docker format keeps it.
 if command -v podman >/dev/null; then engine=podman; format="--format docker"; else engine=docker; format=""; fi
 if [ -z "${BASE_IMAGE:-}" ]; then
@@ -17,10 +19,19 @@ if [ -z "${BASE_IMAGE:-}" ]; then
     BASE_IMAGE=python:3.11-slim
   fi
 fi
-for image in ingest features train score launcher; do
+build() {  # name dockerfile [build args...]
+  local name=$1 file=$2; shift 2
   "$engine" build --quiet --network host $format \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "VERSION=$version" \
-    --build-arg "REVISION=$revision" \
-    -f "images/$image/Dockerfile" -t "$registry/batchline-$image:$version" build/wheelhouse >/dev/null
-  echo "built $registry/batchline-$image:$version (base $BASE_IMAGE)"
+    --build-arg "REVISION=$revision" "$@" \
+    -f "$file" -t "$registry/batchline-$name:$version" build/wheelhouse >/dev/null
+  echo "built $registry/batchline-$name:$version (base $BASE_IMAGE)"
+}
+# One line per stage: name, extras (or -), system packages (or -).
+"$python" -m batchline.stages images | while read -r stage extras packages; do
+  [ "$extras" = "-" ] && extras=""
+  [ "$packages" = "-" ] && packages=""
+  build "$stage" images/stage.Dockerfile --build-arg "STAGE=$stage" \
+    --build-arg "EXTRAS=$extras" --build-arg "SYSTEM_PACKAGES=$packages"
 done
+build launcher images/launcher/Dockerfile

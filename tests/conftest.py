@@ -21,6 +21,7 @@ import pytest
 
 from batchline import storage
 from batchline.demo_data import generate
+from batchline.stages import STAGES
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "jobs" / "readmission.yaml"
@@ -110,13 +111,13 @@ def fingerprints(root: str, run_id: str) -> dict[str, str]:
 
     manifest = RunManifest.load(root, run_id)
     out = {}
-    for stage, entry in manifest.data["stages"].items():
-        for name, uri in entry.get("outputs", {}).items():
+    for stage, entry in manifest.stages.items():
+        for name, uri in entry.outputs.items():
             out[f"{stage}.{name}"] = storage.committed(uri).fingerprint
     return out
 
 
-IMAGES = ("ingest", "features", "train", "score", "launcher")
+IMAGES = (*STAGES, "launcher")
 
 
 def _missing_images(refs: list[str]) -> list[str]:
@@ -160,7 +161,7 @@ def committed_encounters(root: str, demo_csv: Path) -> str:
     params["source"] = str(demo_csv)
     task = StageTask(run_id="upstream", stage="ingest", inputs={}, params=params,
                      outputs={o: layout.output_uri(root, "upstream", "ingest", o)
-                              for o in layout.OUTPUTS["ingest"]},
+                              for o in STAGES["ingest"].outputs},
                      storage_root=root, task_uri="", cache_key="k", image="")
     run_task(task)
     return task.outputs["encounters"]

@@ -13,7 +13,9 @@ import pytest
 from conftest import RUNAWAY_FEATURES, committed_encounters
 
 from batchline import layout, storage
-from batchline.backends.container import ContainerBackend, cpus, memory_bytes, run_as
+from batchline.backends.container import ContainerBackend, cpus, run_as
+from batchline.quantity import memory_bytes
+from batchline.stages import STAGES
 from batchline.task import Cause, Resources, StageTask
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
@@ -32,7 +34,7 @@ def _task(root: str, stage: str, image: str, memory: str = "1Gi", run_id: str = 
           **params: object) -> StageTask:
     task = StageTask(run_id=run_id, stage=stage, inputs=inputs or {}, params=dict(params),
                      outputs={o: layout.output_uri(root, run_id, stage, o)
-                              for o in layout.OUTPUTS[stage]},
+                              for o in STAGES[stage].outputs},
                      storage_root=root, task_uri=layout.task_uri(root, run_id, stage, 1),
                      cache_key="k", image=image, resources=Resources("1", memory, timeout))
     storage.write_text(task.task_uri, task.to_json())

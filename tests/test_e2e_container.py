@@ -27,7 +27,7 @@ def _upload(demo_dir: Path, bucket: str, endpoint: str) -> str:
 
 
 def _model_sha256(root: str) -> str:
-    model_uri = RunManifest.load(root, "same").stage("train")["outputs"]["model"]
+    model_uri = RunManifest.load(root, "same").stage("train").outputs["model"]
     files = {f.path.rsplit("/", 1)[-1]: f.sha256 for f in storage.committed(model_uri).files}
     return files["model.txt"]
 

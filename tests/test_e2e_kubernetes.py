@@ -20,6 +20,7 @@ from kube_cluster import Cluster, PodmanKubelet
 
 from batchline import layout, storage
 from batchline.manifest import RunManifest
+from batchline.stages import STAGES
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
 
@@ -55,13 +56,13 @@ def test_kubernetes_run_matches_local(moto_server: str, s3_bucket: str, demo_csv
         cluster.close()
     assert kubelet.errors == []
 
-    stages = ("ingest", "features", "train", "score")
+    stages = tuple(STAGES)
     assert len(kubelet.jobs) == len(stages)  # one Job per stage, each run in a container
     assert kubelet.images == [f"localhost/batchline-{stage}:0.1.0" for stage in stages]
     manifest = RunManifest.load(k8s_root, RUN_ID)
-    assert manifest.data["backend"] == "kubernetes"
+    assert manifest.backend == "kubernetes"
     for stage in stages:
-        assert manifest.stage(stage)["state"] == "succeeded"
+        assert manifest.stage(stage).state == "succeeded"
         logs = storage.read_text(layout.log_uri(k8s_root, RUN_ID, stage, 1))
         assert logs.strip(), f"no log copied for {stage}"
     assert fingerprints(k8s_root, RUN_ID) == fingerprints(local_root, RUN_ID)

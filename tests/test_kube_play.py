@@ -28,6 +28,7 @@ from batchline import layout, storage
 from batchline.backends.kubernetes_job import CONTAINER, UID, job_name, pod_manifest
 from batchline.render import render_run
 from batchline.spec import load_spec
+from batchline.stages import STAGES
 from batchline.task import Resources, StageTask
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
@@ -46,7 +47,7 @@ def _ingest_task(root: str, source: str, image: str) -> StageTask:
     run_id = f"kp-{uuid.uuid4().hex[:8]}"
     task = StageTask(run_id=run_id, stage="ingest", inputs={}, params=params,
                      outputs={o: layout.output_uri(root, run_id, "ingest", o)
-                              for o in layout.OUTPUTS["ingest"]},
+                              for o in STAGES["ingest"].outputs},
                      storage_root=root, task_uri=layout.task_uri(root, run_id, "ingest", 1),
                      cache_key="kube-play", image=image, resources=Resources("1", "1Gi", 600))
     storage.write_text(task.task_uri, task.to_json())

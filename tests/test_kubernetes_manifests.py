@@ -25,6 +25,7 @@ from conftest import ROOT, SPEC, run_cli
 from batchline import layout
 from batchline.backends.kubernetes_job import UID, job_manifest, pod_manifest
 from batchline.spec import parse_spec
+from batchline.stages import STAGES, producers
 from batchline.task import Resources, StageTask
 
 GOLDEN = Path(__file__).parent / "golden" / "kubernetes"
@@ -57,13 +58,14 @@ LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 
 def _task(stage: str = "ingest", **changes: Any) -> StageTask:
     """A fully resolved task with fixed values, so its manifests are stable."""
-    upstream = {name: layout.output_uri(ROOT_URI, RUN_ID, src, out)
-                for name, (src, out) in layout.INPUTS[stage].items()}
+    made_by = producers()
+    upstream = {name: layout.output_uri(ROOT_URI, RUN_ID, made_by[dataset], dataset)
+                for name, dataset in STAGES[stage].inputs.items()}
     attempt = int(changes.get("attempt", 1))
     fields: dict[str, Any] = {
         "run_id": RUN_ID, "stage": stage, "inputs": upstream,
         "outputs": {o: layout.output_uri(ROOT_URI, RUN_ID, stage, o)
-                    for o in layout.OUTPUTS[stage]},
+                    for o in STAGES[stage].outputs},
         "params": {"source": "s3://example-bucket/landing/encounters.csv", "format": "csv"}
         if stage == "ingest" else {"batch_rows": 100000},
         "storage_root": ROOT_URI, "task_uri": layout.task_uri(ROOT_URI, RUN_ID, stage, attempt),
@@ -288,7 +290,7 @@ def test_service_accounts(rendered: dict[str, list[dict[str, Any]]]) -> None:
             assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", arn), arn
         # The spec the launcher reads names the stage account the stage Jobs use.
         spec = parse_spec(yaml.safe_load(_one(docs, "ConfigMap")["data"]["readmission.yaml"]))
-        assert spec.kubernetes.service_account == "batchline-stage"
+        assert spec.backend_options("kubernetes")["service_account"] == "batchline-stage"
     dev, prod = (_one(rendered[t], "ServiceAccount", "batchline-stage") for t in ("dev", "prod"))
     assert dev["metadata"]["annotations"] != prod["metadata"]["annotations"]
 

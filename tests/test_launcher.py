@@ -13,41 +13,51 @@ import pytest
 from conftest import SPEC
 
 from batchline import stage as entrypoint
-from batchline.backends.base import Handle, OnEvent
+from batchline.backends.base import Backend, Handle, Outcome, Phase
 from batchline.errors import SpecError, StageFailed
-from batchline.launcher import Launcher, needed_stages
+from batchline.launcher import Launcher
 from batchline.manifest import RunManifest
 from batchline.spec import load_spec
 from batchline.storage import read_text
-from batchline.task import Cause, StageResult, StageTask
+from batchline.task import Cause, StageTask
 
 
-class InProcessBackend:
+class InProcessBackend(Backend[Handle]):
+    """Runs each stage in this process through the entrypoint's code, on the template.
+
+    `failures` plans causes per stage (a platform's word, as an Outcome), and
+    `exits` plans exit codes, both consumed one attempt at a time.
+    """
+
     name = "local"
-    fans_out_shards = False
 
-    def __init__(self, failures: dict[str, list[Cause]] | None = None) -> None:
+    def __init__(self, failures: dict[str, list[Cause]] | None = None,
+                 exits: dict[str, list[int]] | None = None) -> None:
         self.failures = failures or {}
+        self.exits = exits or {}
         self.submitted: list[StageTask] = []
 
-    def submit(self, task: StageTask) -> Handle:
+    def start(self, task: StageTask) -> Handle:
         self.submitted.append(task)
         return Handle(task, f"inproc-{len(self.submitted)}")
 
-    def wait(self, handle: Handle, on_event: OnEvent | None = None) -> StageResult:
+    def poll(self, handle: Handle, timeout: float) -> Outcome | Phase:
         task = handle.task
         assert read_text(task.task_uri) == task.to_json()  # the launcher wrote the task first
         planned = self.failures.get(task.stage, [])
         if planned:
             cause = planned.pop(0)
-            return StageResult(task.stage, cause, 1, f"injected {cause.value}")
+            return Outcome(1, cause=cause, message=f"injected {cause.value}")
+        codes = self.exits.get(task.stage, [])
+        if codes:
+            return Outcome(codes.pop(0))
         entrypoint.run_task(task)
-        return StageResult(task.stage, Cause.SUCCEEDED, 0)
+        return Outcome(0)
 
-    def logs(self, handle: Handle) -> str:
-        return ""
+    def fetch_logs(self, handle: Handle) -> dict[int | None, str]:
+        return {handle.task.shard: f"in-process {handle.task.name}\n"}
 
-    def cancel(self, handle: Handle) -> None:
+    def stop(self, handle: Handle) -> None:
         return None
 
 
@@ -55,20 +65,23 @@ def _spec(source: Path, **sets: object):  # type: ignore[no-untyped-def]
     return load_spec(SPEC, {"stages.ingest.params.source": str(source), **sets})
 
 
-def test_needed_stages() -> None:
-    assert needed_stages(["score"]) == ["ingest", "features", "train", "score"]
-    assert needed_stages(["features"]) == ["ingest", "features"]
+def test_needed_stages(demo_csv: Path) -> None:
+    pipeline = _spec(demo_csv).pipeline
+    assert pipeline.needed(["score"]) == ["ingest", "features", "train", "score"]
+    assert pipeline.needed(["features"]) == ["ingest", "features"]
 
 
 def test_retryable_failure_is_retried_then_succeeds(demo_csv: Path, tmp_path: Path) -> None:
     backend = InProcessBackend({"features": [Cause.USER_ERROR, Cause.EVICTED, Cause.EVICTED]})
     spec = _spec(demo_csv, **{"stages.features.retries": 1})
     manifest = Launcher(spec, str(tmp_path), backend, "r1").run()
-    attempts = manifest.stage("features")["attempts"]
+    attempts = manifest.stage("features").attempts
     # One counted failure (within retries=1) and two evictions that do not count.
-    assert [a["cause"] for a in attempts] == ["user_error", "evicted", "evicted", "succeeded"]
+    assert [a.cause for a in attempts] == ["user_error", "evicted", "evicted", "succeeded"]
+    assert [a.number for a in attempts] == [1, 2, 3, 4]
+    assert all(a.logs and a.started_at <= (a.ended_at or 0) for a in attempts)
     assert [t.attempt for t in backend.submitted if t.stage == "features"] == [1, 2, 3, 4]
-    assert manifest.data["state"] == "succeeded"
+    assert manifest.state == "succeeded"
 
 
 @pytest.mark.parametrize("cause", [Cause.OUT_OF_MEMORY, Cause.BAD_INPUT, Cause.IMAGE_PULL])
@@ -78,11 +91,11 @@ def test_non_retryable_causes_fail_at_once(demo_csv: Path, tmp_path: Path, cause
         Launcher(_spec(demo_csv), str(tmp_path), backend, "r1").run()
     assert err.value.cause is cause
     manifest = RunManifest.load(str(tmp_path), "r1")
-    assert manifest.data["state"] == "failed"
-    assert manifest.stage("train")["state"] == "failed"
-    assert "resources.train.memory" in manifest.stage("train")["reason"] \
-        if cause is Cause.OUT_OF_MEMORY else True
-    assert manifest.stage("score")["state"] == "pending"
+    assert manifest.state == "failed"
+    assert manifest.stage("train").state == "failed"
+    if cause is Cause.OUT_OF_MEMORY:
+        assert "stages.train.resources.memory" in manifest.stage("train").reason
+    assert manifest.stage("score").state == "pending"
 
 
 def test_retries_exhausted(demo_csv: Path, tmp_path: Path) -> None:
@@ -90,7 +103,7 @@ def test_retries_exhausted(demo_csv: Path, tmp_path: Path) -> None:
     with pytest.raises(StageFailed, match="ingest"):
         Launcher(_spec(demo_csv, **{"stages.ingest.retries": 2}), str(tmp_path), backend,
                  "r1").run()
-    assert len(RunManifest.load(str(tmp_path), "r1").stage("ingest")["attempts"]) == 3
+    assert len(RunManifest.load(str(tmp_path), "r1").stage("ingest").attempts) == 3
 
 
 def test_resume_skips_committed_stages(demo_csv: Path, tmp_path: Path) -> None:
@@ -101,7 +114,7 @@ def test_resume_skips_committed_stages(demo_csv: Path, tmp_path: Path) -> None:
     manifest = Launcher(_spec(demo_csv), str(tmp_path), again, "r1").run()
     assert [t.stage for t in again.submitted] == ["train", "score"]
     assert [t.attempt for t in again.submitted] == [2, 1]  # attempts continue, logs don't clash
-    assert manifest.stage("ingest")["state"] == "reused"
+    assert manifest.stage("ingest").state == "reused"
 
 
 def test_source_change_invalidates_everything(demo_csv: Path, tmp_path: Path) -> None:
@@ -112,7 +125,7 @@ def test_source_change_invalidates_everything(demo_csv: Path, tmp_path: Path) ->
     backend = InProcessBackend()
     manifest = Launcher(_spec(demo_csv), str(tmp_path), backend, "r2").run()
     assert [t.stage for t in backend.submitted] == ["ingest", "features", "train", "score"]
-    assert "input source changed" in manifest.stage("ingest")["reason"]
+    assert "input source changed" in manifest.stage("ingest").reason
 
 
 def test_unselected_stage_without_outputs_is_an_error(demo_csv: Path, tmp_path: Path) -> None:
@@ -125,10 +138,30 @@ def test_bad_run_id_and_stage(tmp_path: Path, demo_csv: Path) -> None:
         Launcher(_spec(demo_csv), str(tmp_path), InProcessBackend(), "../etc")
     with pytest.raises(SpecError, match="unknown stages"):
         Launcher(_spec(demo_csv), str(tmp_path), InProcessBackend(), "r1", ["deploy"])
+    for bad in ("", "run\n", "Run", "a" * 33):
+        with pytest.raises(SpecError, match="invalid run id"):
+            Launcher(_spec(demo_csv), str(tmp_path), InProcessBackend(), bad)
 
 
 def test_cause_parse_lists_known_values() -> None:
     with pytest.raises(ValueError, match="known causes: succeeded, bad_input"):
         Cause.parse("exploded")
-    assert Cause.from_exit_code(2) is Cause.BAD_INPUT
-    assert Cause.from_exit_code(137) is Cause.OUT_OF_MEMORY
+
+
+@pytest.mark.parametrize(("code", "oom_killed", "cause"), [
+    (0, None, Cause.SUCCEEDED), (2, None, Cause.BAD_INPUT), (1, None, Cause.USER_ERROR),
+    (137, None, Cause.OUT_OF_MEMORY), (-9, None, Cause.OUT_OF_MEMORY),
+    (137, False, Cause.USER_ERROR), (1, True, Cause.OUT_OF_MEMORY),
+    (143, None, Cause.USER_ERROR), (None, None, Cause.USER_ERROR)])
+def test_one_exit_code_table(code: int | None, oom_killed: bool | None, cause: Cause) -> None:
+    assert Cause.from_exit(code, oom_killed) is cause
+
+
+def test_exit_codes_drive_retries_the_same_way(demo_csv: Path, tmp_path: Path) -> None:
+    backend = InProcessBackend(exits={"features": [1], "train": [137]})
+    with pytest.raises(StageFailed) as err:
+        Launcher(_spec(demo_csv), str(tmp_path), backend, "r1").run()
+    assert err.value.cause is Cause.OUT_OF_MEMORY  # 137: never retried
+    manifest = RunManifest.load(str(tmp_path), "r1")
+    assert [a.cause for a in manifest.stage("features").attempts] == ["user_error", "succeeded"]
+    assert [a.exit_code for a in manifest.stage("train").attempts] == [137]

@@ -29,7 +29,7 @@ def test_runaway_stage_is_stopped_at_its_deadline(tmp_path: Path, demo_csv: Path
     result = backend.wait(handle)
     assert result.cause is Cause.DEADLINE, result
     assert "timeout of 3 s" in result.message
-    assert handle.extra["proc"].poll() is not None  # the process is gone, not orphaned
+    assert handle.proc.poll() is not None  # the process is gone, not orphaned
     assert storage.read_success(task.outputs["features"]) is None
     saved = layout.log_uri(root, "l1", "features", 1, None)
     assert storage.exists(saved)

@@ -26,7 +26,7 @@ def _run(source: Path | str, root: Path | str, *extra: str) -> subprocess.Comple
 
 def _states(root: Path | str, run_id: str) -> dict[str, str]:
     manifest = RunManifest.load(str(root), run_id)
-    return {s: e["state"] for s, e in manifest.data["stages"].items()}
+    return {s: str(e.state) for s, e in manifest.stages.items()}
 
 
 def test_demo_end_to_end_then_cached_rerun(demo_csv: Path, tmp_path: Path) -> None:
@@ -38,12 +38,12 @@ def test_demo_end_to_end_then_cached_rerun(demo_csv: Path, tmp_path: Path) -> No
                                                    "succeeded")
     generator = json.loads((demo_csv.parent / "_generator.json").read_text())
     manifest = RunManifest.load(str(root), "first")
-    predictions = storage.open_dataset(manifest.stage("score")["outputs"]["predictions"])
+    predictions = storage.open_dataset(manifest.stage("score").outputs["predictions"])
     table = predictions.to_table()
     assert table.num_rows == generator["population"]
     assert set(table.column("run_id").to_pylist()) == {"first"}
     assert table.column("model_version").to_pylist()[0] == \
-        manifest.stage("train")["metrics"]["model_version"]
+        manifest.stage("train").metrics["model_version"]
     assert 0.0 < min(table.column("score").to_pylist()) < max(table.column("score").to_pylist())
     for stage in ("ingest", "features", "train", "score"):
         assert storage.list_dir(str(root / "runs" / "first" / stage / "logs")) == ["attempt-1.log"]
@@ -80,8 +80,8 @@ def test_score_only_run_and_sharded_score(demo_csv: Path, tmp_path: Path) -> Non
     assert _states(root, "scoreonly") == {"ingest": "reused", "features": "reused",
                                           "train": "reused", "score": "succeeded"}
     whole = storage.open_dataset(
-        RunManifest.load(str(root), "full").stage("score")["outputs"]["predictions"]).to_table()
-    sharded_uri = RunManifest.load(str(root), "scoreonly").stage("score")["outputs"]["predictions"]
+        RunManifest.load(str(root), "full").stage("score").outputs["predictions"]).to_table()
+    sharded_uri = RunManifest.load(str(root), "scoreonly").stage("score").outputs["predictions"]
     sharded = storage.open_dataset(sharded_uri).to_table()
     assert sorted(sharded.column("encounter_id").to_pylist()) == \
         sorted(whole.column("encounter_id").to_pylist())
@@ -104,7 +104,7 @@ def test_bad_input_fails_run_with_exit_2_and_commits_nothing(tmp_path: Path) -> 
     assert not list((root / "runs" / "bad").rglob("*.parquet"))
     assert _states(root, "bad")["ingest"] == "failed"
     manifest = RunManifest.load(str(root), "bad")
-    assert len(manifest.stage("ingest")["attempts"]) == 1  # bad input is never retried
+    assert len(manifest.stage("ingest").attempts) == 1  # bad input is never retried
     logs = run_cli("logs", "bad", "ingest", "--storage", str(root))
     assert "missing columns" in logs.stdout
     status = run_cli("status", "bad", "--storage", str(root))
@@ -155,20 +155,20 @@ def test_sigkill_mid_write_then_resume_gives_one_copy(tmp_path: Path) -> None:
     assert states["ingest"] == "reused" and states["features"] == "succeeded"
     assert fingerprints(str(root), "k") == fingerprints(str(clean_root), "k")
     manifest = RunManifest.load(str(root), "k")
-    for entry in manifest.data["stages"].values():
-        for uri in entry["outputs"].values():
+    for entry in manifest.stages.values():
+        for uri in entry.outputs.values():
             record = storage.committed(uri)
             prefixes = [n for n in storage.list_dir(uri) if n.startswith("data-")]
             assert len(prefixes) == 1, f"{uri} holds {prefixes}"
             assert storage.open_dataset(uri).count_rows() == record.rows if record.rows else True
     clean = RunManifest.load(str(clean_root), "k")
     for stage in ("ingest", "features", "score"):
-        assert manifest.stage(stage)["rows"] == clean.stage(stage)["rows"]
+        assert manifest.stage(stage).rows == clean.stage(stage).rows
 
 
 def test_auc_close_to_generator_best(tmp_path: Path) -> None:
     summary = generate(200_000, tmp_path / "src", seed=11)
     result = _run(tmp_path / "src" / "encounters.csv", tmp_path / "store", "--run-id", "auc")
     assert result.returncode == 0, result.stderr
-    auc = RunManifest.load(str(tmp_path / "store"), "auc").stage("train")["metrics"]["auc_valid"]
+    auc = RunManifest.load(str(tmp_path / "store"), "auc").stage("train").metrics["auc_valid"]
     assert summary.best_auc_recent - auc < 0.02, (auc, summary)

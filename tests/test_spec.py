@@ -52,10 +52,62 @@ def test_bad_memory_quantity_and_unknown_stage(tmp_path: Path) -> None:
     assert "stages.train.resources.memory" in str(err.value)
 
 
-def test_missing_stage(tmp_path: Path) -> None:
+def test_order_comes_from_the_datasets(tmp_path: Path) -> None:
+    data = _spec_data()
+    data["stages"] = dict(reversed(list(data["stages"].items())))  # listed backwards
+    assert load_spec(_write(tmp_path, data)).pipeline.order == (
+        "ingest", "features", "train", "score")
+
+
+def test_a_spec_may_leave_out_stages_it_does_not_need(tmp_path: Path) -> None:
     data = _spec_data()
     del data["stages"]["score"]
-    with pytest.raises(SpecError, match="missing stages"):
+    assert load_spec(_write(tmp_path, data)).pipeline.order == ("ingest", "features", "train")
+    # Scoring only: the model comes from a committed dataset of an earlier run.
+    data = _spec_data()
+    del data["stages"]["train"]
+    data["stages"]["score"]["inputs"] = {"model": "s3://bucket/root/runs/r1/train/model"}
+    spec = load_spec(_write(tmp_path, data))
+    assert spec.pipeline.order == ("ingest", "features", "score")
+    assert spec.pipeline.wiring["score"]["model"] == (
+        "uri", "s3://bucket/root/runs/r1/train/model", "model")
+
+
+def test_a_missing_dataset_names_the_stage_and_the_fix(tmp_path: Path) -> None:
+    data = _spec_data()
+    del data["stages"]["train"]
+    with pytest.raises(SpecError) as err:
+        load_spec(_write(tmp_path, data))
+    message = str(err.value)
+    assert "stages.score: reads dataset 'model', which no stage of this spec writes" in message
+    assert "add stages.train" in message and "stages.score.inputs.model" in message
+    data = _spec_data()
+    data["stages"]["score"]["inputs"] = {"modle": "s3://b/m"}
+    with pytest.raises(SpecError, match=r"stages\.score\.inputs\.modle: stage 'score' has no "
+                                        "input 'modle'"):
+        load_spec(_write(tmp_path, data))
+
+
+def test_only_shardable_stages_take_shards(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match=r"stages\.features\.shards: stage 'features' cannot be "
+                                        "sharded"):
+        load_spec(SPEC, parse_set(["stages.features.shards=2"]))
+    assert load_spec(SPEC, parse_set(["stages.score.shards=3"])).stages["score"].shards == 3
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("memory", "512m"), ("memory", "2GB"), ("memory", "1"), ("cpu", "2Gi"), ("cpu", "0"),
+    ("cpu", "fast")])
+def test_one_quantity_parser_refuses_what_backends_cannot_honour(field: str,
+                                                                value: str) -> None:
+    with pytest.raises(SpecError, match=rf"stages\.train\.resources\.{field}"):
+        load_spec(SPEC, {f"stages.train.resources.{field}": value})
+
+
+def test_backend_options_are_validated_by_the_backend(tmp_path: Path) -> None:
+    data = _spec_data()
+    data["kubernetes"]["namespaec"] = "x"
+    with pytest.raises(SpecError, match=r"backends\.kubernetes\.namespaec"):
         load_spec(_write(tmp_path, data))
 
 
@@ -75,6 +127,8 @@ def test_set_overrides_are_validated() -> None:
         load_spec(SPEC, parse_set(["stages.train.params.num_leaves=zero"]))
     with pytest.raises(SpecError, match="expected dotted.path=value"):
         parse_set(["oops"])
+    with pytest.raises(SpecError, match="is not valid YAML"):
+        parse_set(["stages.train.params.label=[unclosed"])
 
 
 def test_env_overrides_storage(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,6 +8,8 @@ import pytest
 from batchline import storage
 from batchline.errors import StorageError
 
+STAMP = storage.Stamp(run_id="r", stage="s", cache_key="k", code_version="c")
+
 
 def _table(n: int) -> pa.Table:
     return pa.table({"id": pa.array(range(n), pa.int64()), "x": pa.array([1.5] * n)})
@@ -15,7 +17,7 @@ def _table(n: int) -> pa.Table:
 
 def test_commit_then_read_exact_files(tmp_path: Path) -> None:
     uri = str(tmp_path / "ds")
-    with storage.DatasetWriter(uri, rows_per_file=40) as w:
+    with storage.DatasetWriter(uri, STAMP, rows_per_file=40) as w:
         w.write(_table(100))
         record = w.commit({"m": 1})
     assert [f.rows for f in record.files] == [40, 40, 20]
@@ -27,7 +29,7 @@ def test_commit_then_read_exact_files(tmp_path: Path) -> None:
 
 def test_failed_writer_leaves_nothing_committed(tmp_path: Path) -> None:
     uri = str(tmp_path / "ds")
-    with pytest.raises(RuntimeError), storage.DatasetWriter(uri) as w:
+    with pytest.raises(RuntimeError), storage.DatasetWriter(uri, STAMP) as w:
         w.write(_table(10))
         raise RuntimeError("killed")
     assert storage.read_success(uri) is None
@@ -42,10 +44,10 @@ def test_rerun_after_crash_keeps_exactly_one_copy(tmp_path: Path) -> None:
     stale = Path(uri) / "data-19700101T000000-dead"
     stale.mkdir(parents=True)
     (stale / "part-00000.parquet").write_bytes(b"half a file")
-    with storage.DatasetWriter(uri) as w:
+    with storage.DatasetWriter(uri, STAMP) as w:
         w.write(_table(7))
         w.commit()
-    with storage.DatasetWriter(uri) as w:  # and a rerun over a committed dataset
+    with storage.DatasetWriter(uri, STAMP) as w:  # and a rerun over a committed dataset
         w.write(_table(7))
         record = w.commit()
     prefixes = [p.name for p in Path(uri).iterdir() if p.name.startswith("data-")]
@@ -56,7 +58,7 @@ def test_rerun_after_crash_keeps_exactly_one_copy(tmp_path: Path) -> None:
 def test_same_rows_same_fingerprint(tmp_path: Path) -> None:
     records = []
     for name in ("a", "b"):
-        with storage.DatasetWriter(str(tmp_path / name)) as w:
+        with storage.DatasetWriter(str(tmp_path / name), STAMP) as w:
             w.write(_table(1000))
             records.append(w.commit())
     assert records[0].fingerprint == records[1].fingerprint
@@ -80,21 +82,22 @@ def test_unsupported_scheme() -> None:
 def test_commit_union_of_shards(tmp_path: Path) -> None:
     uri = str(tmp_path / "preds")
     for i in range(3):
-        with storage.DatasetWriter(storage.join(uri, f"shard-{i:05d}")) as w:
+        with storage.DatasetWriter(storage.join(uri, f"shard-{i:05d}"), STAMP) as w:
             w.write(_table(i + 1))
             w.commit()
-    union = storage.commit_union(uri, [storage.join(uri, f"shard-{i:05d}") for i in range(3)])
+    union = storage.commit_union(uri, [storage.join(uri, f"shard-{i:05d}") for i in range(3)],
+                                 STAMP)
     assert union.rows == 6
     assert storage.open_dataset(uri).count_rows() == 6
 
 
 def test_s3_commit_protocol(s3_bucket: str) -> None:
     uri = f"{s3_bucket}/root/ds"
-    with pytest.raises(RuntimeError), storage.DatasetWriter(uri) as w:
+    with pytest.raises(RuntimeError), storage.DatasetWriter(uri, STAMP) as w:
         w.write(_table(5))
         raise RuntimeError("boom")
     assert storage.read_success(uri) is None
-    with storage.DatasetWriter(uri) as w:
+    with storage.DatasetWriter(uri, STAMP) as w:
         w.write(_table(5))
         w.write_file("model.txt", b"tree\n")
         record = w.commit()

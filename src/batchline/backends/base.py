@@ -47,6 +47,7 @@ class Handle:
     deadline: float = 0.0  # time.monotonic() past which the task is stopped
     cancelled: bool = False
     timed_out: bool = False
+    waiting: bool = False  # a wait() is collecting this task right now
     result: StageResult | None = None  # set once wait() has collected the task
 
 
@@ -118,7 +119,11 @@ class Backend(abc.ABC, Generic[H]):
         """Block until the task ends; stop it at its deadline; keep its logs; translate."""
         if handle.result is not None:
             return handle.result
-        outcome = self._await(handle, on_event)
+        handle.waiting = True
+        try:
+            outcome = self._await(handle, on_event)
+        finally:
+            handle.waiting = False
         texts = self.fetch_logs(handle)
         kept = self._keep_logs(handle.task, texts)
         self.release(handle, outcome)
@@ -133,12 +138,17 @@ class Backend(abc.ABC, Generic[H]):
         return "".join(self.fetch_logs(handle).values()) or self.stored_logs(handle)
 
     def cancel(self, handle: H) -> None:
-        """Stop the task and collect it (logs kept, platform objects removed)."""
+        """Stop the task; safe to repeat, and from another thread than a wait().
+
+        A task nobody is waiting for is collected here (logs kept, platform
+        objects removed); otherwise the running wait() collects it.
+        """
         if handle.result is not None:
             return
         handle.cancelled = True
         self.stop(handle)
-        self.wait(handle)
+        if not handle.waiting:
+            self.wait(handle)
 
     def _await(self, handle: H, on_event: OnEvent | None) -> Outcome:
         phase = ""

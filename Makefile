@@ -30,9 +30,10 @@ test: setup podman base-image images  ## every test, slow end-to-end ones too (p
 test-fast: setup  ## unit tests only
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
-lint: setup  ## ruff, mypy, hadolint
+lint: setup  ## ruff, mypy, import layering, hadolint
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/hadolint images/stage.Dockerfile images/*/Dockerfile
 
 podman:  ## install and configure podman (Debian; root)

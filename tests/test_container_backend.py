@@ -80,8 +80,8 @@ def test_out_of_memory_is_reported_with_advice(stage_images: dict[str, str], s3_
     result = backend.wait(backend.submit(task))
     assert result.cause is Cause.OUT_OF_MEMORY, result
     assert "memory limit of 192Mi" in result.message
-    assert "raise resources.ingest.memory" in result.message
-    assert "raise resources.ingest.memory" in result.advice()
+    assert "raise stages.ingest.resources.memory" in result.message
+    assert "raise stages.ingest.resources.memory" in result.advice()
     assert storage.read_success(task.outputs["encounters"]) is None
     assert _containers("oom1") == []  # inspected, then removed
     assert list(workdir.iterdir()) == []  # the user's folder stays clean
@@ -98,7 +98,7 @@ def test_runaway_stage_is_stopped_at_its_deadline(stage_images: dict[str, str], 
     result = backend.wait(backend.submit(task))
     assert result.cause is Cause.DEADLINE, result
     assert "timeout of 4 s" in result.message
-    assert "raise resources.features.timeout_seconds" in result.advice()
+    assert "raise stages.features.resources.timeout_seconds" in result.advice()
     assert storage.read_success(task.outputs["features"]) is None
     assert _containers("late1") == []
 

@@ -63,8 +63,11 @@ def _guard(fn: Callable[[], T]) -> T:
 def _root(storage_opt: str | None, spec: PipelineSpec | None = None) -> str:
     root = storage_opt or os.environ.get("BATCHLINE_STORAGE") or (
         spec.storage if spec else DEFAULT_STORAGE)
+    storage.resolve(root)  # refuses s3:// without a bucket, unknown schemes
     if "://" not in root:
         root = os.path.abspath(root)
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise SpecError(f"--storage {root} is a file; give a folder or s3://bucket/prefix")
     return root.rstrip("/")
 
 

@@ -136,7 +136,8 @@ class Launcher:
         outputs = STAGES[stage].outputs
         hit = None
         if stage not in self.force:
-            hit = cache.lookup(self.root, self.run_id, stage, outputs, key, self.verify,
+            verify = self.verify or STAGES[stage].verify_on_reuse
+            hit = cache.lookup(self.root, self.run_id, stage, outputs, key, verify,
                                on_problem=lambda p: log.warning(
                                    "stage %s: not reusing a damaged commit: %s", stage, p))
         if hit is not None:

@@ -48,6 +48,9 @@ class StageDef:
     summary: tuple[str, ...] = ()
     # pip extras of batchline its image installs (see pyproject.toml)
     extras: tuple[str, ...] = ()
+    # check every output file's sha256 before reusing it, not only its size
+    # (small outputs that must never be used altered: models)
+    verify_on_reuse: bool = False
 
     @property
     def module(self) -> str:
@@ -69,7 +72,7 @@ _DEFS = (
              TrainParams, inputs={"features": "features"}, outputs=("model",),
              summary=("auc_valid", "logloss_valid", "best_iteration", "model_version",
                       "calibration_ece"),
-             extras=("model",)),
+             extras=("model",), verify_on_reuse=True),
     StageDef("score", "the model's predictions for the population, in bounded batches",
              ScoreParams, inputs={"features": "features", "model": "model"},
              outputs=("predictions",), shardable=True, summary=("model_version",),

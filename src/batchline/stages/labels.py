@@ -70,8 +70,8 @@ def code_labels(name: str, values: pa.ChunkedArray, objective: str) -> Labels:
                             "use objective: multiclass or regression, or map it in the feature "
                             "SQL")
     elif not np.isfinite(y).all():
-        bad = int((~np.isfinite(y)).sum())
-        raise DataError(f"{_FIELD}: column {name!r} has {bad} labelled rows that are NaN or "
+        n_bad = int((~np.isfinite(y)).sum())
+        raise DataError(f"{_FIELD}: column {name!r} has {n_bad} labelled rows that are NaN or "
                         "infinite; filter them in the feature SQL")
     return Labels(y.astype(np.float32), None)
 

@@ -7,6 +7,8 @@ identically; values unseen in training become missing.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -16,6 +18,20 @@ import pyarrow.compute as pc
 from batchline.errors import DataError
 
 NUMERIC = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
+
+
+@contextmanager
+def arrow_data_errors(stage: str) -> Iterator[None]:
+    """Arrow's cast and type errors over committed data are the data's fault: exit 2.
+
+    A committed dataset never changes, so the same error would come back on
+    every retry.
+    """
+    try:
+        yield
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise DataError(f"{stage}: the features table has values the model cannot use "
+                        f"({exc}); fix the column's type in the feature SQL") from None
 
 
 def is_text(type_: pa.DataType) -> bool:

@@ -117,7 +117,7 @@ def hold_out(spec: SplitSpec, keys: np.ndarray | None, fraction: float, seed: in
                         1, len(distinct) - 1))
     held = np.zeros(len(distinct), dtype=bool)
     held[order[:taken]] = True
-    return held[codes], {"groups_held_out": taken, "groups": int(len(distinct))}
+    return held[codes], {"groups_held_out": taken, "groups": len(distinct)}
 
 
 def assign_roles(spec: SplitSpec, keys: np.ndarray, early_stopping_fraction: float,

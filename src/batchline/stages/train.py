@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from pydantic import ValidationError
 
 from batchline import storage
 from batchline.errors import DataError, SpecError
@@ -36,7 +37,7 @@ from batchline.params import GroupSplit, RandomSplit, TimeSplit, TrainParams
 from batchline.stages import split as splits
 from batchline.stages.labels import check_label_type, code_labels
 from batchline.stages.lgb_params import lightgbm_param_problems
-from batchline.stages.matrix import FeatureMap, plan_features
+from batchline.stages.matrix import FeatureMap, arrow_data_errors, plan_features
 from batchline.task import StageTask
 
 log = logging.getLogger(__name__)
@@ -197,12 +198,13 @@ def booster_params(params: TrainParams, classes: list[Any] | None) -> dict[str, 
     problems = lightgbm_param_problems(params.lightgbm)
     if problems:  # also checked at spec validation when LightGBM is installed there
         raise SpecError("; ".join(f"stages.train.params.{p}" for p in problems))
-    objective: dict[str, Any] = {
+    by_objective: dict[str, dict[str, Any]] = {
         "binary": {"objective": "binary", "metric": ["auc", "binary_logloss"]},
         "regression": {"objective": "regression", "metric": ["rmse"]},
         "multiclass": {"objective": "multiclass", "metric": ["multi_logloss"],
                        "num_class": len(classes or [])},
-    }[params.objective]
+    }
+    objective = by_objective[params.objective]
     return {
         **objective,
         "num_leaves": params.num_leaves, "learning_rate": params.learning_rate,
@@ -303,10 +305,19 @@ def summary(model: TrainedModel) -> dict[str, Any]:
             "warnings": model.metrics["warnings"]}
 
 
+def parse_params(params: dict[str, Any]) -> TrainParams:
+    """The stage's params, with a spec error (exit 2) naming the field when they are wrong."""
+    try:
+        return TrainParams(**params)
+    except ValidationError as exc:
+        raise SpecError(f"stages.train.params: {exc}") from None
+
+
 def run(task: StageTask) -> dict[str, Any]:
     """Train on the committed features; commit `model` (model.txt + model.json)."""
-    params = TrainParams(**task.params)
-    data = load_training_data(storage.open_dataset(task.inputs["features"]), params)
+    params = parse_params(task.params)
+    with arrow_data_errors("train"):
+        data = load_training_data(storage.open_dataset(task.inputs["features"]), params)
     model = train(data, params)
     meta = {"run_id": task.run_id, "stage": task.stage, "cache_key": task.cache_key}
     card = model_card(model, params, task.run_id)

@@ -66,7 +66,7 @@ def check_one_select(sql: str, field: str = _SQL) -> None:
     if len(statements) != 1:
         raise SpecError(f"{field}: must be exactly one SELECT statement, found "
                         f"{len(statements)} ({[s.type.name for s in statements]}); remove the "
-                        "extra statements (limits go in stages.features.params)")
+                        "extra statements (limits and settings come from the spec, not the SQL)")
     if statements[0].type != duckdb.StatementType.SELECT:
         raise SpecError(f"{field}: must be a SELECT statement, found "
                         f"{statements[0].type.name}")

@@ -163,7 +163,7 @@ class TrainParams(_Params):
         # not carry LightGBM).
         try:
             from batchline.stages.lgb_params import lightgbm_param_problems
-        except ImportError:
+        except (ImportError, OSError):  # OSError: LightGBM present but its library is not
             return value
         problems = lightgbm_param_problems(value)
         if problems:

@@ -43,6 +43,7 @@ from batchline.task import StageTask
 log = logging.getLogger(__name__)
 BATCH_ROWS = 200_000
 MIN_ROWS = 100
+MANY_CATEGORIES = 1_000
 
 
 @dataclass(frozen=True)
@@ -186,11 +187,16 @@ def load_training_data(dataset: ds.Dataset, params: TrainParams) -> TrainingData
     del label_values
     roles = split_rows(params, keys, n)
     fmap = FeatureMap(plan.features, vocab)
+    # A text column nobody listed with thousands of values is usually an id
+    # or free text: worth saying, since it inflates the model card too.
+    many = [f"column {c!r} has {len(vocab[c])} distinct values: if it is an id or free text, "
+            "add it to stages.train.params.exclude" for c in plan.categorical
+            if c not in params.categorical and len(vocab[c]) > MANY_CATEGORIES]
     x = _fill_matrix(dataset, params, fmap, roles.roles)
     order = np.argsort(roles.roles, kind="stable")  # same order as the matrix rows
     return TrainingData(x, labels.y[order], roles.count(splits.FIT),
                         roles.count(splits.EARLY_STOPPING), fmap, labels.classes, roles.report,
-                        [*plan.warnings, *_split_warnings(roles)])
+                        [*plan.warnings, *many, *_split_warnings(roles)])
 
 
 def booster_params(params: TrainParams, classes: list[Any] | None) -> dict[str, Any]:
@@ -299,6 +305,9 @@ def summary(model: TrainedModel) -> dict[str, Any]:
                 "multiclass": "multi_logloss_valid"}[model.metrics["objective"]]
     log.info("train: %s %.4f at iteration %d", headline, model.metrics[headline],
              model.metrics["best_iteration"])
+    split = model.metrics["split"]
+    log.info("train: split %s%s: fractions %s", split["kind"],
+             f" at {split['cut']}" if "cut" in split else "", split["fractions"])
     for warning in model.metrics["warnings"]:
         log.warning("train: %s", warning)
     return {headline: model.metrics[headline], "model_version": model.sha256[:12],

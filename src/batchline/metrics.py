@@ -21,6 +21,7 @@ def auc(y: np.ndarray, score: np.ndarray) -> float:
 
 
 def log_loss(y: np.ndarray, p: np.ndarray, eps: float = 1e-12) -> float:
+    """Binary log loss with probabilities clipped away from 0 and 1."""
     p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
     y = np.asarray(y, dtype=np.float64)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
@@ -42,3 +43,36 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, objec
                       "observed": round(mean_y, 5)})
         ece += len(chunk_y) / len(y_sorted) * abs(mean_p - mean_y)
     return {"ece": round(ece, 5), "bins": table}
+
+
+def rmse(y: np.ndarray, pred: np.ndarray) -> float:
+    """Root mean squared error."""
+    diff = np.asarray(pred, dtype=np.float64) - np.asarray(y, dtype=np.float64)
+    return float(np.sqrt(np.mean(diff * diff)))
+
+
+def mae(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean absolute error."""
+    return float(np.mean(np.abs(np.asarray(pred, dtype=np.float64) -
+                                np.asarray(y, dtype=np.float64))))
+
+
+def r2(y: np.ndarray, pred: np.ndarray) -> float:
+    """Coefficient of determination; NaN when the labels are constant (no variance to explain)."""
+    y = np.asarray(y, dtype=np.float64)
+    total = float(np.sum((y - y.mean()) ** 2))
+    if total == 0.0:
+        return float("nan")
+    return 1.0 - float(np.sum((y - np.asarray(pred, dtype=np.float64)) ** 2)) / total
+
+
+def multi_log_loss(y: np.ndarray, proba: np.ndarray, eps: float = 1e-12) -> float:
+    """Mean negative log probability of the true class; `y` holds class indices 0..K-1."""
+    proba = np.asarray(proba, dtype=np.float64)
+    picked = proba[np.arange(len(proba)), np.asarray(y, dtype=np.int64)]
+    return float(-np.mean(np.log(np.clip(picked, eps, 1.0))))
+
+
+def accuracy(y: np.ndarray, proba: np.ndarray) -> float:
+    """Share of rows whose most probable class is the true class index."""
+    return float(np.mean(np.argmax(np.asarray(proba), axis=1) == np.asarray(y, dtype=np.int64)))

@@ -6,10 +6,12 @@ LightGBM or DuckDB.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+_IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ColumnType = Literal["int64", "float64", "string", "bool", "date", "timestamp"]
 
 
@@ -39,38 +41,165 @@ class IngestParams(_Params):
 
 
 class FeaturesParams(_Params):
-    """Feature SQL over the ingested table, which the query sees as `encounters`."""
+    """Feature SQL over the ingested dataset, which the query sees as `table`.
 
-    sql: str = Field(min_length=1, description="one DuckDB SELECT over `encounters`")
-    order_by: str = Field("encounter_id", description="column that makes the output order "
-                          "deterministic (equal reruns give equal bytes)")
+    The ingested dataset is also visible under its own dataset name
+    (`encounters` in the demo), so specs written before `table` existed keep
+    working.
+    """
+
+    sql: str = Field(min_length=1, description="exactly one DuckDB SELECT over `table`")
+    table: str = Field("input", pattern=_IDENT,
+                       description="the name the SQL reads the ingested dataset under")
+    order_by: list[str] | None = Field(
+        None, description="columns that make the output order deterministic (equal reruns "
+        "give equal bytes); when unset, rows are ordered by all their columns")
     memory_limit: str = Field("512MB", pattern=r"^[0-9]+(\.[0-9]+)?\s*(KB|MB|GB|KiB|MiB|GiB)$")
     threads: int = Field(2, ge=1, le=64)
 
+    @field_validator("order_by", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        # `order_by: encounter_id` (today's specs) and `order_by: [a, b]` both work.
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("order_by")
+    @classmethod
+    def _identifiers(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("give at least one column, or leave order_by out")
+            bad = [c for c in value if not re.match(_IDENT, c)]
+            if bad:
+                raise ValueError(f"{bad} are not column names (letters, digits, '_')")
+        return value
+
+
+class TimeSplit(_Params):
+    """Validation rows are the most recent: a share of them, or those from a cutoff on."""
+
+    kind: Literal["time"] = "time"
+    column: str
+    fraction: float | None = Field(None, gt=0.0, lt=1.0,
+                                   description="share of labelled rows held out (most recent)")
+    cutoff: str | None = Field(None, description="rows with column >= cutoff are held out "
+                               "(a date, timestamp or number, as text)")
+
+    @model_validator(mode="after")
+    def _fraction_or_cutoff(self) -> TimeSplit:
+        if (self.fraction is None) == (self.cutoff is None):
+            raise ValueError("give exactly one of fraction or cutoff")
+        return self
+
+
+class RandomSplit(_Params):
+    """A seeded random share of the labelled rows is held out."""
+
+    kind: Literal["random"] = "random"
+    fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 7
+
+
+class GroupSplit(_Params):
+    """Whole groups (e.g. every row of one patient) are held out, a seeded share of rows."""
+
+    kind: Literal["group"] = "group"
+    column: str
+    fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    seed: int = 7
+
+
+Split = Annotated[TimeSplit | RandomSplit | GroupSplit, Field(discriminator="kind")]
+
 
 class TrainParams(_Params):
-    """Which columns mean what, and LightGBM's knobs."""
+    """What to predict, how to hold rows out, which columns mean what, and LightGBM's knobs.
 
+    Every numeric and boolean column is a feature, and so is every string
+    column (as a categorical) unless it is in `exclude`.
+    """
+
+    objective: Literal["binary", "regression", "multiclass"] = "binary"
     label: str
-    time_column: str = Field(description="orders rows for the time-based validation split")
+    split: Split | None = Field(None, description="how validation rows are held out")
+    time_column: str | None = Field(None, description="shorthand for split: {kind: time, "
+                                    "column: ..., fraction: valid_fraction}")
+    valid_fraction: float = Field(0.2, gt=0.0, lt=1.0,
+                                  description="held-out share with the time_column shorthand")
+    early_stopping_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of the training side carved off (the same way "
+        "as the split) to decide when to stop; 0 trains all num_boost_round rounds")
     exclude: list[str] = Field(default_factory=list, description="ids and other non-features")
-    categorical: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list,
+                                   description="numeric columns to treat as categories too; "
+                                   "string columns are categorical anyway")
     num_leaves: int = Field(31, ge=2, le=131072)
     learning_rate: float = Field(0.05, gt=0.0, le=1.0)
     num_boost_round: int = Field(500, ge=1, le=100_000)
     early_stopping_rounds: int = Field(30, ge=1)
     min_data_in_leaf: int = Field(100, ge=1)
     feature_fraction: float = Field(0.9, gt=0.0, le=1.0)
-    valid_fraction: float = Field(0.2, gt=0.0, lt=1.0,
-                                  description="most recent share of labelled rows held out")
     num_threads: int = Field(2, ge=1, le=256)
     seed: int = 7
     calibration_bins: int = Field(10, ge=2, le=100)
+    lightgbm: dict[str, Any] = Field(default_factory=dict,
+                                     description="further LightGBM parameters, by LightGBM name")
+
+    @model_validator(mode="after")
+    def _one_split(self) -> TrainParams:
+        if self.split is not None and self.time_column is not None:
+            raise ValueError("give split or time_column, not both")
+        if self.split is None and self.time_column is None:
+            raise ValueError("say how to hold out validation rows: split: {kind: time, column: "
+                             "..., fraction: 0.2} (or kind: random, or kind: group)")
+        return self
+
+    @field_validator("lightgbm")
+    @classmethod
+    def _known_lightgbm_names(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # LightGBM knows its own parameter names (its C library lists them);
+        # when it is installed here the spec is checked at validation time,
+        # otherwise the train stage checks at start (a launcher image need
+        # not carry LightGBM).
+        try:
+            from batchline.stages.lgb_params import lightgbm_param_problems
+        except (ImportError, OSError):  # OSError: LightGBM present but its library is not
+            return value
+        problems = lightgbm_param_problems(value)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @property
+    def effective_split(self) -> TimeSplit | RandomSplit | GroupSplit:
+        """The split to use, with the `time_column` shorthand expanded."""
+        if self.split is not None:
+            return self.split
+        assert self.time_column is not None  # guaranteed by _one_split
+        return TimeSplit(column=self.time_column, fraction=self.valid_fraction)
+
+
+class SqlPopulation(_Params):
+    """Rows of the features table for which a DuckDB SQL predicate holds."""
+
+    where: str = Field(min_length=1, description="a boolean SQL expression over the "
+                       "features table's columns, e.g. \"discharge_date >= '2024-12-01'\"")
+
+
+class SourcePopulation(_Params):
+    """A separate Parquet dataset (file or folder URI) with the model's feature columns."""
+
+    source: str = Field(min_length=1)
 
 
 class ScoreParams(_Params):
-    """The population is every row of the features table whose label is empty."""
+    """Which rows to score (`population`) and which columns identify them."""
 
     id_columns: list[str] = Field(min_length=1)
+    population: Literal["unlabelled", "all"] | SqlPopulation | SourcePopulation = Field(
+        "unlabelled", description="unlabelled (rows whose label is empty), all, "
+        "{where: <SQL predicate>} or {source: <parquet URI>}")
+    allow_empty: bool = Field(True, description="when false, an empty population fails the "
+                              "stage (exit 2) instead of committing 0 predictions with a warning")
     batch_rows: int = Field(100_000, ge=1_000)
     num_threads: int = Field(2, ge=1, le=256)

@@ -70,13 +70,16 @@ _DEFS = (
              extras=("features",)),
     StageDef("train", "LightGBM on the labelled rows; model saved as text",
              TrainParams, inputs={"features": "features"}, outputs=("model",),
-             summary=("auc_valid", "logloss_valid", "best_iteration", "model_version",
-                      "calibration_ece"),
+             summary=("auc_valid", "logloss_valid", "calibration_ece", "rmse_valid",
+                      "mae_valid", "r2_valid", "multi_logloss_valid", "accuracy_valid",
+                      "best_iteration", "model_version"),
              extras=("model",), verify_on_reuse=True),
     StageDef("score", "the model's predictions for the population, in bounded batches",
              ScoreParams, inputs={"features": "features", "model": "model"},
-             outputs=("predictions",), shardable=True, summary=("model_version",),
-             extras=("model",)),
+             outputs=("predictions",), shardable=True,
+             summary=("model_version", "rows_scored"),
+             # DuckDB too: a `population: {where: ...}` predicate runs in it
+             extras=("model", "features")),
 )
 
 STAGES: dict[str, StageDef] = {d.name: d for d in _DEFS}

@@ -1,23 +1,31 @@
 """features: the pipeline's feature SQL, run by DuckDB over the ingested Arrow data.
 
-The committed `encounters` dataset is read through pyarrow (its own S3
-filesystem when the data is remote) and streamed into DuckDB, so no DuckDB
-extension is ever downloaded. The query result
-is streamed out in record batches into the committed `features` dataset.
+The committed input dataset is read through pyarrow (its own S3 filesystem
+when the data is remote) and streamed into DuckDB, so no DuckDB extension is
+ever downloaded. The SQL sees it as `params.table` (default `input`) and also
+under the input dataset's own name (`encounters` in the demo), so specs
+written before the name was configurable keep working. The query result is
+streamed out in record batches into the committed `features` dataset.
 DuckDB spills to the task's temporary folder under its memory limit.
+
+The SQL must be exactly one SELECT: it is parsed and refused otherwise, and
+the connection's configuration is locked once the stage has set its limits,
+so no statement can raise the memory limit or re-enable file access.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
+from pydantic import ValidationError
 
 from batchline import storage
 from batchline.errors import DataError, SpecError
@@ -25,8 +33,16 @@ from batchline.params import FeaturesParams
 from batchline.task import StageTask
 
 log = logging.getLogger(__name__)
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 BATCH_ROWS = 200_000
+_SQL = "stages.features.params.sql"
+
+
+def parse_params(params: dict[str, Any]) -> FeaturesParams:
+    """The stage's params, with a spec error (exit 2) naming the field when they are wrong."""
+    try:
+        return FeaturesParams(**params)
+    except ValidationError as exc:
+        raise SpecError(f"stages.features.params: {exc}") from None
 
 
 def connect(params: FeaturesParams) -> duckdb.DuckDBPyConnection:
@@ -41,57 +57,110 @@ def connect(params: FeaturesParams) -> duckdb.DuckDBPyConnection:
     })
 
 
-def load_encounters(con: duckdb.DuckDBPyConnection, encounters: ds.Dataset | pa.Table) -> None:
-    """Copy the input into a DuckDB temporary table named `encounters`.
+def check_one_select(sql: str, field: str = _SQL) -> None:
+    """Refuse anything but exactly one SELECT statement (no SET, ATTACH, COPY, PRAGMA...)."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.ParserException as exc:
+        raise SpecError(f"{field}: not valid SQL: {exc}") from None
+    if len(statements) != 1:
+        raise SpecError(f"{field}: must be exactly one SELECT statement, found "
+                        f"{len(statements)} ({[s.type.name for s in statements]}); remove the "
+                        "extra statements (limits and settings come from the spec, not the SQL)")
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise SpecError(f"{field}: must be a SELECT statement, found "
+                        f"{statements[0].type.name}")
+
+
+def load_input(con: duckdb.DuckDBPyConnection, data: ds.Dataset | pa.Table, table: str,
+               aliases: tuple[str, ...] = ()) -> None:
+    """Copy the input into a DuckDB temporary table named `table`, with views for `aliases`.
 
     Streaming it in through a reader with minimal read-ahead, into a table that
     DuckDB keeps under its memory limit (spilling to disk), bounds memory far
     better than letting DuckDB scan the Arrow dataset with pyarrow's default
-    read-ahead, and lets the SQL read `encounters` as often as it likes.
+    read-ahead, and lets the SQL read the table as often as it likes.
     """
-    if isinstance(encounters, pa.Table):
-        encounters = ds.dataset(encounters)
-    con.register("batchline_source", encounters.scanner(batch_readahead=1,
-                                                        fragment_readahead=1).to_reader())
-    con.execute("CREATE TEMP TABLE encounters AS SELECT * FROM batchline_source")
+    if isinstance(data, pa.Table):
+        data = ds.dataset(data)
+    con.register("batchline_source", data.scanner(batch_readahead=1,
+                                                  fragment_readahead=1).to_reader())
+    con.execute(f'CREATE TEMP TABLE "{table}" AS SELECT * FROM batchline_source')
     con.unregister("batchline_source")
+    for alias in aliases:
+        if alias != table:
+            con.execute(f'CREATE TEMP VIEW "{alias}" AS SELECT * FROM "{table}"')
 
 
-def feature_reader(con: duckdb.DuckDBPyConnection, encounters: ds.Dataset | pa.Table,
-                   params: FeaturesParams) -> pa.RecordBatchReader:
-    """Run the feature SQL over `encounters`, streamed out in record batches."""
-    if not _IDENT.match(params.order_by):
-        raise SpecError(f"stages.features.params.order_by: {params.order_by!r} is not a column "
-                        "name")
-    load_encounters(con, encounters)
+def feature_query(params: FeaturesParams) -> str:
+    """The user's SELECT wrapped in a deterministic ORDER BY.
+
+    Without `order_by`, rows are ordered by all their columns (`ORDER BY ALL`):
+    rows that tie on every column are identical, so the output bytes are the
+    same on every rerun whatever DuckDB's parallelism did. Naming a key is
+    cheaper on wide tables.
+    """
+    check_one_select(params.sql)
+    order = "ALL" if params.order_by is None else \
+        ", ".join(f'"{c}"' for c in params.order_by)
+    # Newlines keep a trailing `-- comment` in the user's SQL from swallowing
+    # the wrapper; a trailing ';' is dropped so the SELECT can be nested.
+    body = params.sql.strip().rstrip(";")
+    query = f"SELECT * FROM (\n{body}\n) AS batchline_features ORDER BY {order}"
+    check_one_select(query)
+    return query
+
+
+def feature_reader(con: duckdb.DuckDBPyConnection, data: ds.Dataset | pa.Table,
+                   params: FeaturesParams, aliases: tuple[str, ...] = ("encounters",)
+                   ) -> pa.RecordBatchReader:
+    """Run the feature SQL over the input (as `params.table` and `aliases`), streamed out."""
+    query = feature_query(params)
+    load_input(con, data, params.table, aliases)
     # User SQL must not read files or the network on its own: everything it
-    # sees was loaded above.
+    # sees was loaded above. Locking the configuration keeps the limits too.
     con.execute("SET enable_external_access = false")
-    query = f"SELECT * FROM ({params.sql}) AS features ORDER BY {params.order_by}"
-    try:
+    con.execute("SET lock_configuration = true")
+    with duckdb_errors():
         return con.sql(query).to_arrow_reader(BATCH_ROWS)
+
+
+@contextmanager
+def duckdb_errors() -> Iterator[None]:
+    """Translate DuckDB's exceptions: SQL mistakes are SpecError, bad values DataError.
+
+    Both are deterministic (exit 2, never retried); only what may heal is left
+    to exit 1.
+    """
+    try:
+        yield
     except duckdb.OutOfMemoryException as exc:
         raise MemoryError(str(exc)) from exc
     except (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException,
             duckdb.PermissionException, duckdb.InvalidInputException) as exc:
-        raise SpecError(f"stages.features.params.sql: {exc}") from None
-    except duckdb.ConversionException as exc:
-        raise DataError(f"features: the data does not fit the feature SQL: {exc}") from None
+        raise SpecError(f"{_SQL}: {exc}") from None
+    except (duckdb.ConversionException, duckdb.OutOfRangeException,
+            duckdb.InvalidTypeException) as exc:
+        raise DataError(f"features: the data does not fit the feature SQL ({exc}); fix the "
+                        f"SQL ({_SQL}) or the data") from None
+
+
+def feature_batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+    """The reader's batches, with errors raised while DuckDB computes them translated."""
+    with duckdb_errors():
+        yield from reader
 
 
 def run(task: StageTask) -> dict[str, Any]:
-    """Compute features for every encounter; commit the `features` dataset."""
-    params = FeaturesParams(**task.params)
+    """Compute features for every input row; commit the `features` dataset."""
+    params = parse_params(task.params)
     encounters = storage.open_dataset(task.inputs["encounters"])
     con = connect(params)
     try:
-        reader = feature_reader(con, encounters, params)
+        reader = feature_reader(con, encounters, params, tuple(task.inputs))
         with task.writer("features") as out:
-            try:
-                for batch in reader:
-                    out.write(batch)
-            except duckdb.OutOfMemoryException as exc:
-                raise MemoryError(str(exc)) from exc
+            for batch in feature_batches(reader):
+                out.write(batch)
             if out.schema is None:
                 out.schema = reader.schema
             record = out.commit({"columns": len(out.schema)})

@@ -1,11 +1,18 @@
-"""score: predictions for every unlabelled row, streamed in record batches.
+"""score: predictions for a declared population, streamed in record batches.
 
-Memory stays bounded by `batch_rows` whatever the population size: the
-features dataset is scanned with a filter on the empty label, one batch at a
-time, and each batch's predictions are written before the next is read. With
-`shards` > 1 each shard takes the rows whose first id column modulo the shard
-count equals its index, and commits its own part; the launcher publishes the
-union.
+The population is the spec's choice (`stages.score.params.population`): rows
+of the features table whose label is empty (the default), all of them, those
+matching a DuckDB SQL predicate, or a separate Parquet source. Memory stays
+bounded by `batch_rows` whatever the population size: rows are read one
+batch at a time, and each batch's predictions are written before the next is
+read. With `shards` > 1 each shard takes the rows whose first id column
+modulo the shard count equals its index, and commits its own part; the
+launcher publishes the union.
+
+Outputs follow the model's objective: `score` (binary, the probability of 1),
+`prediction` (regression), or one `p_<class>` probability column per class
+plus `predicted_class` (multiclass). Zero rows scored is a warning in the
+summary and in `_SUCCESS.json`, or an error when `allow_empty` is false.
 """
 
 from __future__ import annotations
@@ -13,19 +20,32 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightgbm as lgb
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
+from pydantic import ValidationError
 
 from batchline import storage
-from batchline.errors import DataError, StorageError
-from batchline.params import ScoreParams
-from batchline.stages.matrix import FeatureMap
+from batchline.errors import DataError, SpecError, StorageError
+from batchline.params import ScoreParams, SourcePopulation, SqlPopulation
+from batchline.stages.matrix import FeatureMap, arrow_data_errors
 from batchline.task import StageTask
 
 log = logging.getLogger(__name__)
+_POPULATION = "stages.score.params.population"
+
+
+def parse_params(params: dict[str, Any]) -> ScoreParams:
+    """The stage's params, with a spec error (exit 2) naming the field when they are wrong."""
+    try:
+        return ScoreParams(**params)
+    except ValidationError as exc:
+        raise SpecError(f"stages.score.params: {exc}") from None
 
 
 def load_model(model_uri: str) -> tuple[lgb.Booster, dict[str, Any]]:
@@ -41,17 +61,54 @@ def load_model(model_uri: str) -> tuple[lgb.Booster, dict[str, Any]]:
     if digest != card["model_sha256"] or digest != files["model.txt"].sha256:
         raise DataError(f"{model_uri}/model.txt does not match its recorded sha256; the model "
                         "file was changed after training: retrain")
+    card.setdefault("objective", "binary")  # model cards from before objectives existed
     return lgb.Booster(model_str=text.decode()), card
 
 
-def prediction_schema(id_fields: list[pa.Field]) -> pa.Schema:
-    return pa.schema([*id_fields, pa.field("score", pa.float64()),
-                      pa.field("model_version", pa.string()), pa.field("run_id", pa.string())])
+def _class_type(classes: list[Any]) -> pa.DataType:
+    return pa.array(classes).type
 
 
-def score_batches(batches: Any, booster: lgb.Booster, fmap: FeatureMap, id_columns: list[str],
-                  schema: pa.Schema, model_version: str, run_id: str, num_threads: int,
-                  shard: tuple[int, int] = (0, 1)) -> Any:
+def prediction_schema(id_fields: list[pa.Field], card: dict[str, Any] | None = None
+                      ) -> pa.Schema:
+    """Id columns, the objective's prediction columns, model version and run id."""
+    objective = (card or {}).get("objective", "binary")
+    if objective == "regression":
+        outputs = [pa.field("prediction", pa.float64())]
+    elif objective == "multiclass":
+        classes = (card or {})["classes"]
+        outputs = [*(pa.field(f"p_{c}", pa.float64()) for c in classes),
+                   pa.field("predicted_class", _class_type(classes))]
+    else:
+        outputs = [pa.field("score", pa.float64())]
+    return pa.schema([*id_fields, *outputs, pa.field("model_version", pa.string()),
+                      pa.field("run_id", pa.string())])
+
+
+def prediction_columns(raw: np.ndarray, card: dict[str, Any] | None) -> list[pa.Array]:
+    """LightGBM's raw output turned into the schema's prediction columns."""
+    if (card or {}).get("objective") != "multiclass":
+        return [pa.array(raw, pa.float64())]
+    assert card is not None
+    classes = card["classes"]
+    proba = np.asarray(raw).reshape(len(raw), len(classes))
+    best = pa.array(classes, _class_type(classes)).take(pa.array(np.argmax(proba, axis=1)))
+    return [*(pa.array(proba[:, k], pa.float64()) for k in range(len(classes))), best]
+
+
+@dataclass
+class Tally:
+    """What score_batches saw, for the commit's metrics."""
+
+    rows: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def score_batches(batches: Iterable[pa.RecordBatch], booster: lgb.Booster, fmap: FeatureMap,
+                  id_columns: list[str], schema: pa.Schema, model_version: str, run_id: str,
+                  num_threads: int, shard: tuple[int, int] = (0, 1),
+                  card: dict[str, Any] | None = None, tally: Tally | None = None
+                  ) -> Iterator[pa.RecordBatch]:
     """Yield one predictions batch per input batch (the pure core of score)."""
     index, count = shard
     for batch in batches:
@@ -60,36 +117,138 @@ def score_batches(batches: Any, booster: lgb.Booster, fmap: FeatureMap, id_colum
             batch = batch.filter(pa.array(keys % count == index))
         if batch.num_rows == 0:
             continue
-        scores = booster.predict(fmap.matrix(batch), num_threads=num_threads)
+        with arrow_data_errors("score"):
+            matrix = fmap.matrix(batch)
+        raw = np.asarray(booster.predict(matrix, num_threads=num_threads))
         n = batch.num_rows
+        if tally is not None:
+            tally.rows += n
         yield pa.RecordBatch.from_arrays(
-            [*(batch.column(c) for c in id_columns), pa.array(scores, pa.float64()),
+            [*(batch.column(c) for c in id_columns), *prediction_columns(raw, card),
              pa.array([model_version] * n, pa.string()), pa.array([run_id] * n, pa.string())],
             schema=schema)
 
 
+def population_dataset(features_uri: str, params: ScoreParams) -> ds.Dataset:
+    """The dataset the population is drawn from: the features table or a separate source."""
+    if not isinstance(params.population, SourcePopulation):
+        return storage.open_dataset(features_uri)
+    fs, path = storage.resolve(params.population.source)
+    try:
+        return ds.dataset(path, filesystem=fs, format="parquet")
+    except (FileNotFoundError, pa.ArrowInvalid) as exc:
+        raise DataError(f"{_POPULATION}.source: cannot read {params.population.source} as "
+                        f"Parquet ({exc}); point it at a Parquet file or folder") from None
+
+
+def check_columns(dataset: ds.Dataset, params: ScoreParams, fmap: FeatureMap, label: str,
+                  where: str) -> None:
+    """Refuse a population that lacks the id, feature or (for `unlabelled`) label columns."""
+    names = dataset.schema.names
+    missing = [c for c in params.id_columns if c not in names]
+    if missing:
+        raise DataError(f"stages.score.params.id_columns: columns {missing} are not in {where}")
+    if params.population == "unlabelled" and label not in names:
+        raise DataError(f"{_POPULATION}: unlabelled needs the label column {label!r}, which is "
+                        f"not in {where}; choose population: all or a where predicate")
+    lacking = [c for c in fmap.features if c not in names]
+    if lacking:
+        raise DataError(f"{where} lacks model columns {lacking}; score a population with the "
+                        "columns the model was trained on")
+
+
+def population_batches(dataset: ds.Dataset, params: ScoreParams, label: str,
+                       columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The population's rows (only `columns`), at most `batch_rows` at a time."""
+    if isinstance(params.population, SqlPopulation):
+        yield from _sql_population(dataset, params, params.population.where, columns)
+        return
+    row_filter = ds.field(label).is_null() if params.population == "unlabelled" else None
+    scanner = dataset.scanner(columns=columns, filter=row_filter, batch_size=params.batch_rows,
+                              use_threads=False, batch_readahead=1, fragment_readahead=1)
+    yield from scanner.to_batches()
+
+
+def _sql_population(dataset: ds.Dataset, params: ScoreParams, where: str,
+                    columns: list[str]) -> Iterator[pa.RecordBatch]:
+    # DuckDB comes with the `features` extra; the score image carries only
+    # `model`, so it is imported here, when a predicate asks for it.
+    try:
+        import duckdb
+
+        from batchline.stages.features import check_one_select, duckdb_errors
+    except ImportError:
+        raise SpecError(f"{_POPULATION}.where needs DuckDB: install batchline[features] in the "
+                        "score image, or use population: unlabelled / all") from None
+    select = ", ".join(f'"{c}"' for c in columns)
+    query = f"SELECT {select} FROM population WHERE (\n{where}\n)"
+    check_one_select(query, f"{_POPULATION}.where")
+    con = duckdb.connect(config={"threads": params.num_threads, "memory_limit": "256MB",
+                                 "autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False})
+    try:
+        con.register("population", dataset.scanner(batch_size=params.batch_rows,
+                                                   batch_readahead=1,
+                                                   fragment_readahead=1).to_reader())
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        with duckdb_errors():
+            reader = con.sql(query).to_arrow_reader(params.batch_rows)
+            yield from reader
+    finally:
+        con.close()
+
+
+def commit_metrics(tally: Tally, params: ScoreParams, model_version: str,
+                   shard: tuple[int, int], population_size: Any) -> dict[str, Any]:
+    """The metrics committed with the predictions; an empty population warns or fails."""
+    warnings = list(tally.warnings)
+    if tally.rows == 0:
+        count = shard[1]
+        # A shard may be empty while others are not: only a whole empty
+        # population is worth a warning or an error.
+        empty = count == 1 or population_size() == 0
+        if empty and not params.allow_empty:
+            raise DataError(f"{_POPULATION}: no rows to score, and stages.score.params."
+                            "allow_empty is false; check the population and the features")
+        if empty:
+            warnings.append(f"score: the population ({_describe(params)}) is empty; 0 "
+                            "predictions were committed")
+    return {"model_version": model_version, "rows_scored": tally.rows, "warnings": warnings,
+            "population": _describe(params)}
+
+
+def _describe(params: ScoreParams) -> str:
+    population = params.population
+    if isinstance(population, SqlPopulation):
+        return f"where {population.where}"
+    if isinstance(population, SourcePopulation):
+        return f"source {population.source}"
+    return population
+
+
 def run(task: StageTask) -> dict[str, Any]:
     """Score the population with the model; commit `predictions` (or this shard of it)."""
-    params = ScoreParams(**task.params)
+    params = parse_params(task.params)
     booster, card = load_model(task.inputs["model"])
     fmap = FeatureMap(card["feature_map"]["features"], card["feature_map"]["categorical"])
-    dataset: ds.Dataset = storage.open_dataset(task.inputs["features"])
-    label = card["label"]
-    missing = [c for c in [*params.id_columns, label] if c not in dataset.schema.names]
-    if missing:
-        raise DataError(f"stages.score.params.id_columns: columns {missing} are not in "
-                        f"{task.inputs['features']}")
+    dataset = population_dataset(task.inputs["features"], params)
+    check_columns(dataset, params, fmap, card["label"], task.inputs["features"])
     columns = list(dict.fromkeys([*params.id_columns, *fmap.features]))
-    scanner = dataset.scanner(columns=columns, filter=ds.field(label).is_null(),
-                              batch_size=params.batch_rows, use_threads=False,
-                              batch_readahead=1, fragment_readahead=1)
-    schema = prediction_schema([dataset.schema.field(c) for c in params.id_columns])
-    version = card["model_version"]
+    schema = prediction_schema([dataset.schema.field(c) for c in params.id_columns], card)
+    version, shard, tally = card["model_version"], (task.shard_index, task.shard_count), Tally()
+
+    def population_size() -> int:
+        return sum(b.num_rows for b in population_batches(dataset, params, card["label"],
+                                                          params.id_columns[:1]))
     with task.writer("predictions", schema) as out:
-        for batch in score_batches(scanner.to_batches(), booster, fmap, params.id_columns,
-                                   schema, version, task.run_id, params.num_threads,
-                                   (task.shard_index, task.shard_count)):
+        for batch in score_batches(population_batches(dataset, params, card["label"], columns),
+                                   booster, fmap, params.id_columns, schema, version,
+                                   task.run_id, params.num_threads, shard, card, tally):
             out.write(batch)
-        record = out.commit({"model_version": version})
+        record = out.commit(commit_metrics(tally, params, version, shard, population_size))
     log.info("score: %d predictions with model %s", record.rows, version)
-    return {"rows": record.rows, "model_version": version}
+    for warning in record.metrics["warnings"]:
+        log.warning("%s", warning)
+    return {"rows": record.rows, "model_version": version,
+            "warnings": record.metrics["warnings"]}

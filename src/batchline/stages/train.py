@@ -1,11 +1,18 @@
-"""train: LightGBM on the labelled rows, validated on the most recent ones.
+"""train: LightGBM on the labelled rows, judged on rows it never touched.
+
+Labelled rows are split three ways: validation rows (by time, at random, or
+by whole groups such as patients), then an early-stopping slice carved the
+same way from the training side, and the fitting rows that remain. The
+validation metrics are computed on rows used neither to fit nor to decide
+when to stop, so they are not optimistic.
 
 The training matrix is filled batch by batch straight from the committed
-features dataset, with fitting rows from the top and the most recent
-(validation) rows from the bottom, so memory holds one float32 matrix and no
-Arrow copy of the table. The model is saved in LightGBM's own text format
-(never pickle) together with `model.json`: the feature map, the label, the
-metrics and the sha256 of `model.txt`, so score can refuse a changed file.
+features dataset, each row written at its role's place (fit rows first, then
+early-stopping rows, then validation rows), so memory holds one float32
+matrix and no Arrow copy of the table. The model is saved in LightGBM's own
+text format (never pickle) together with `model.json`: the objective, the
+classes, the feature map, the split, the metrics and the sha256 of
+`model.txt`, so score can refuse a changed file.
 """
 
 from __future__ import annotations
@@ -21,150 +28,322 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from pydantic import ValidationError
 
 from batchline import storage
-from batchline.errors import DataError
-from batchline.metrics import auc, calibration, log_loss
-from batchline.params import TrainParams
-from batchline.stages.matrix import FeatureMap
+from batchline.errors import DataError, SpecError
+from batchline.metrics import accuracy, auc, calibration, log_loss, mae, multi_log_loss, r2, rmse
+from batchline.params import GroupSplit, RandomSplit, TimeSplit, TrainParams
+from batchline.stages import split as splits
+from batchline.stages.labels import check_label_type, code_labels
+from batchline.stages.lgb_params import lightgbm_param_problems
+from batchline.stages.matrix import FeatureMap, arrow_data_errors, plan_features
 from batchline.task import StageTask
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 200_000
+MIN_ROWS = 100
+MANY_CATEGORIES = 1_000
 
 
 @dataclass(frozen=True)
 class TrainingData:
-    """Fitting rows then validation rows of one matrix (slices are views)."""
+    """Fitting, early-stopping and validation rows of one matrix, in that order."""
 
     x: np.ndarray
     y: np.ndarray
     n_fit: int
+    n_stop: int
     feature_map: FeatureMap
+    classes: list[Any] | None
+    split: dict[str, Any]
+    warnings: list[str]
+
+    @property
+    def valid(self) -> tuple[np.ndarray, np.ndarray]:
+        """The validation rows (views, no copy)."""
+        start = self.n_fit + self.n_stop
+        return self.x[start:], self.y[start:]
 
 
 @dataclass(frozen=True)
 class TrainedModel:
+    """LightGBM's model text with what score needs to use it and what it scored."""
+
     text: str
     feature_map: FeatureMap
     metrics: dict[str, Any]
 
     @property
     def sha256(self) -> str:
+        """Checksum of the model text, recorded in model.json and checked by score."""
         return hashlib.sha256(self.text.encode()).hexdigest()
 
 
-def _days(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Time values as int64 numbers that sort like the times (dates, timestamps, numbers)."""
-    if pa.types.is_date(values.type) or pa.types.is_timestamp(values.type):
-        values = values.cast(pa.int64()) if pa.types.is_timestamp(values.type) else \
-            values.cast(pa.date32()).cast(pa.int32()).cast(pa.int64())
-    return np.asarray(values.cast(pa.float64()).to_numpy(zero_copy_only=False))
+def _split_column(spec: TimeSplit | RandomSplit | GroupSplit) -> str | None:
+    return spec.column if isinstance(spec, TimeSplit | GroupSplit) else None
 
 
 def _check_columns(schema: pa.Schema, params: TrainParams) -> None:
-    for field_name, column in (("label", params.label), ("time_column", params.time_column)):
-        if column not in schema.names:
-            raise DataError(f"stages.train.params.{field_name}: {column!r} is not a column of "
+    spec = params.effective_split
+    fields = [("label", params.label)]
+    column = _split_column(spec)
+    if column is not None:
+        fields.append(("split.column" if params.split else "time_column", column))
+    for field_name, name in fields:
+        if name not in schema.names:
+            raise DataError(f"stages.train.params.{field_name}: {name!r} is not a column of "
                             f"the features table ({schema.names})")
+    check_label_type(params.label, schema.field(params.label).type, params.objective)
+
+
+def _first_scan(dataset: ds.Dataset, params: TrainParams, categorical: list[str]
+                ) -> tuple[pa.ChunkedArray, pa.ChunkedArray | None, dict[str, list[str]]]:
+    """Labels, split column and categorical vocabularies of the labelled rows."""
+    split_col = _split_column(params.effective_split)
+    columns = list(dict.fromkeys([params.label, *([split_col] if split_col else []),
+                                  *categorical]))
+    labels, keys, vocab = [], [], {c: set[str]() for c in categorical}
+    for batch in dataset.to_batches(columns=columns, filter=ds.field(params.label).is_valid(),
+                                    batch_size=BATCH_ROWS):
+        labels.append(batch.column(params.label))
+        if split_col:
+            keys.append(batch.column(split_col))
+        for c in categorical:
+            vocab[c].update(pc.unique(batch.column(c).cast(pa.string())).drop_null().to_pylist())
+    schema = dataset.schema
+    label_values = pa.chunked_array(labels, schema.field(params.label).type)
+    key_values = pa.chunked_array(keys, schema.field(split_col).type) if split_col else None
+    return label_values, key_values, {c: sorted(v) for c, v in vocab.items()}
+
+
+def split_rows(params: TrainParams, keys: pa.ChunkedArray | None, n: int) -> splits.Roles:
+    """Each labelled row's role under the spec's split, with the report of the cut."""
+    spec = params.effective_split
+    if isinstance(spec, RandomSplit):
+        return splits.assign_roles(spec, np.arange(n), params.early_stopping_fraction,
+                                   spec.seed)
+    assert keys is not None
+    if isinstance(spec, GroupSplit):
+        return splits.assign_roles(spec, splits.group_codes(keys),
+                                   params.early_stopping_fraction, spec.seed)
+    if keys.null_count:
+        raise DataError(f"stages.train.params.{'split.column' if params.split else 'time_column'}"
+                        f": {keys.null_count} labelled rows have no {spec.column!r} value; "
+                        "fill or filter them in the feature SQL")
+    cutoff = None if spec.cutoff is None else splits.cutoff_key(spec.cutoff, keys.type)
+    return splits.assign_roles(spec, splits.time_keys(keys), params.early_stopping_fraction,
+                               params.seed, keys.type, cutoff)
+
+
+def _split_warnings(roles: splits.Roles) -> list[str]:
+    report, out = roles.report, []
+    asked, got = report.get("fraction_requested"), report["fractions"]["valid"]
+    if asked is not None and abs(asked - got) > 0.05:
+        out.append(f"split: {asked} of rows was asked to be held out but {got} is (rows that "
+                   "share a value stay on one side); see split.cut in the model card")
+    for name, role in (("validation", splits.VALID), ("early-stopping", splits.EARLY_STOPPING)):
+        if 0 < roles.count(role) < 200:
+            out.append(f"only {roles.count(role)} {name} rows: its metrics are noisy")
+    return out
+
+
+def _fill_matrix(dataset: ds.Dataset, params: TrainParams, fmap: FeatureMap,
+                 roles: np.ndarray) -> np.ndarray:
+    """The feature matrix with rows grouped by role (fit, early stopping, validation)."""
+    counts = np.bincount(roles, minlength=3)
+    x = np.empty((len(roles), len(fmap.features)), dtype=np.float32)
+    next_row = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    offset = 0
+    for batch in dataset.to_batches(columns=fmap.features,
+                                    filter=ds.field(params.label).is_valid(),
+                                    batch_size=BATCH_ROWS):
+        batch_roles = roles[offset:offset + batch.num_rows]
+        offset += batch.num_rows
+        for role in range(3):
+            mask = batch_roles == role
+            k = int(mask.sum())
+            if k:
+                start = int(next_row[role])
+                fmap.matrix(batch.filter(pa.array(mask)), out=x[start:start + k])
+                next_row[role] += k
+    if offset != len(roles):  # a committed dataset never changes; this guards the code
+        raise RuntimeError(f"features scanned twice gave {len(roles)} then {offset} rows")
+    return x
 
 
 def load_training_data(dataset: ds.Dataset, params: TrainParams) -> TrainingData:
-    """Scan the labelled rows twice: first times and categories, then the matrix."""
+    """Check the label, split the labelled rows and build the matrix (two scans)."""
     _check_columns(dataset.schema, params)
-    labelled = ds.field(params.label).is_valid()
-    times, vocab = [], {c: set[str]() for c in params.categorical}
-    for c in params.categorical:
-        if c not in dataset.schema.names:
-            raise DataError(f"stages.train.params.categorical: {c!r} is not a column of the "
-                            "features table")
-    for batch in dataset.to_batches(columns=[params.time_column, *params.categorical],
-                                    filter=labelled, batch_size=BATCH_ROWS):
-        times.append(_days(batch.column(params.time_column)))
-        for c in params.categorical:
-            vocab[c].update(pc.unique(batch.column(c).cast(pa.string())).drop_null().to_pylist())
-    all_times = np.concatenate(times) if times else np.empty(0)
-    n = len(all_times)
-    if n < 100:
-        raise DataError(f"only {n} labelled rows; train needs at least 100")
-    cut = np.sort(all_times)[int(n * (1 - params.valid_fraction))]
-    n_fit = int((all_times < cut).sum())
-    del times, all_times
-    if n_fit == 0 or n_fit == n:
-        raise DataError(f"stages.train.params.time_column: {params.time_column!r} cannot split "
-                        "the labelled rows by time (all rows share one value)")
-    exclude = {params.label, params.time_column, *params.exclude}
-    fmap = FeatureMap.from_schema(dataset.schema, exclude,
-                                  {c: sorted(v) for c, v in vocab.items()})
-    x = np.empty((n, len(fmap.features)), dtype=np.float32)
-    y = np.empty(n, dtype=np.float32)
-    top, bottom = 0, n_fit
-    columns = list(dict.fromkeys([*fmap.features, params.label, params.time_column]))
-    for batch in dataset.to_batches(columns=columns, filter=labelled, batch_size=BATCH_ROWS):
-        is_fit = _days(batch.column(params.time_column)) < cut
-        for mask, start in ((is_fit, top), (~is_fit, bottom)):
-            part = batch.filter(pa.array(mask))
-            end = start + part.num_rows
-            fmap.matrix(part, out=x[start:end])
-            y[start:end] = part.column(params.label).cast(pa.float32()).to_numpy(
-                zero_copy_only=False)
-        top += int(is_fit.sum())
-        bottom += int((~is_fit).sum())
-    if set(np.unique(y).tolist()) - {0.0, 1.0}:
-        raise DataError(f"stages.train.params.label: {params.label!r} must be 0 or 1")
-    return TrainingData(x, y, n_fit, fmap)
+    split_col = _split_column(params.effective_split)
+    exclude = {params.label, *params.exclude, *([split_col] if split_col else [])}
+    plan = plan_features(dataset.schema, exclude, params.categorical, params.exclude)
+    label_values, keys, vocab = _first_scan(dataset, params, plan.categorical)
+    n = len(label_values)
+    if n < MIN_ROWS:
+        raise DataError(f"only {n} labelled rows (stages.train.params.label "
+                        f"{params.label!r} not empty); train needs at least {MIN_ROWS}")
+    labels = code_labels(params.label, label_values, params.objective)
+    del label_values
+    roles = split_rows(params, keys, n)
+    fmap = FeatureMap(plan.features, vocab)
+    # A text column nobody listed with thousands of values is usually an id
+    # or free text: worth saying, since it inflates the model card too.
+    many = [f"column {c!r} has {len(vocab[c])} distinct values: if it is an id or free text, "
+            "add it to stages.train.params.exclude" for c in plan.categorical
+            if c not in params.categorical and len(vocab[c]) > MANY_CATEGORIES]
+    x = _fill_matrix(dataset, params, fmap, roles.roles)
+    order = np.argsort(roles.roles, kind="stable")  # same order as the matrix rows
+    return TrainingData(x, labels.y[order], roles.count(splits.FIT),
+                        roles.count(splits.EARLY_STOPPING), fmap, labels.classes, roles.report,
+                        [*plan.warnings, *many, *_split_warnings(roles)])
 
 
-def train(data: TrainingData, params: TrainParams) -> TrainedModel:
-    """Fit a LightGBM binary classifier with early stopping on the validation rows."""
-    fmap, n_fit = data.feature_map, data.n_fit
-    x_valid, y_valid = data.x[n_fit:], data.y[n_fit:]
-    booster_params = {
-        "objective": "binary", "metric": ["auc", "binary_logloss"],
+def booster_params(params: TrainParams, classes: list[Any] | None) -> dict[str, Any]:
+    """LightGBM parameters: the objective's own, the spec's fields, then `lightgbm:` extras."""
+    problems = lightgbm_param_problems(params.lightgbm)
+    if problems:  # also checked at spec validation when LightGBM is installed there
+        raise SpecError("; ".join(f"stages.train.params.{p}" for p in problems))
+    by_objective: dict[str, dict[str, Any]] = {
+        "binary": {"objective": "binary", "metric": ["auc", "binary_logloss"]},
+        "regression": {"objective": "regression", "metric": ["rmse"]},
+        "multiclass": {"objective": "multiclass", "metric": ["multi_logloss"],
+                       "num_class": len(classes or [])},
+    }
+    objective = by_objective[params.objective]
+    return {
+        **objective,
         "num_leaves": params.num_leaves, "learning_rate": params.learning_rate,
         "min_data_in_leaf": params.min_data_in_leaf,
         "feature_fraction": params.feature_fraction, "num_threads": params.num_threads,
         "seed": params.seed, "deterministic": True, "force_col_wise": True, "verbosity": -1,
+        **params.lightgbm,
     }
+
+
+def _fit(data: TrainingData, params: TrainParams) -> lgb.Booster:
+    fmap, n_fit, n_stop = data.feature_map, data.n_fit, data.n_stop
     cat = fmap.categorical_indices()
     fit_set = lgb.Dataset(data.x[:n_fit], data.y[:n_fit], feature_name=fmap.features,
                           categorical_feature=cat, free_raw_data=True)
-    valid_set = lgb.Dataset(x_valid, y_valid, reference=fit_set, categorical_feature=cat)
-    booster = lgb.train(booster_params, fit_set, num_boost_round=params.num_boost_round,
-                        valid_sets=[valid_set], valid_names=["valid"],
-                        callbacks=[lgb.early_stopping(params.early_stopping_rounds,
-                                                      verbose=False)])
-    p_valid = np.asarray(booster.predict(x_valid, num_iteration=booster.best_iteration))
-    gains = booster.feature_importance("gain", iteration=booster.best_iteration)
-    top = sorted(zip(fmap.features, gains.tolist(), strict=True), key=lambda t: -t[1])[:10]
+    kwargs: dict[str, Any] = {}
+    if n_stop:
+        stop_set = lgb.Dataset(data.x[n_fit:n_fit + n_stop], data.y[n_fit:n_fit + n_stop],
+                               reference=fit_set, categorical_feature=cat)
+        kwargs = {"valid_sets": [stop_set], "valid_names": ["early_stopping"],
+                  "callbacks": [lgb.early_stopping(params.early_stopping_rounds, verbose=False)]}
+    try:
+        return lgb.train(booster_params(params, data.classes), fit_set,
+                         num_boost_round=params.num_boost_round, **kwargs)
+    except lgb.basic.LightGBMError as exc:
+        # LightGBM refuses data (labels, categories) and parameter values the
+        # same way; both are deterministic, so retrying cannot help.
+        raise DataError(f"stages.train: LightGBM refused the data or stages.train.params."
+                        f"lightgbm: {exc}") from None
+
+
+def validation_metrics(objective: str, y: np.ndarray, pred: np.ndarray, y_fit: np.ndarray,
+                       params: TrainParams) -> dict[str, Any]:
+    """The objective's metrics on the validation rows, with a naive baseline to compare."""
+    if objective == "binary":
+        return {"auc_valid": round(auc(y, pred), 5),
+                "logloss_valid": round(log_loss(y, pred), 5),
+                "calibration_valid": calibration(y, pred, params.calibration_bins),
+                "prevalence_valid": round(float(y.mean()), 5)}
+    if objective == "regression":
+        baseline = np.full(len(y), float(y_fit.mean()))
+        return {"rmse_valid": round(rmse(y, pred), 5), "mae_valid": round(mae(y, pred), 5),
+                "r2_valid": round(r2(y, pred), 5),
+                "rmse_baseline_valid": round(rmse(y, baseline), 5),
+                "mean_label_valid": round(float(y.mean()), 5)}
+    k = pred.shape[1]
+    prior = np.bincount(y_fit.astype(np.int64), minlength=k) / len(y_fit)
+    return {"multi_logloss_valid": round(multi_log_loss(y, pred), 5),
+            "accuracy_valid": round(accuracy(y, pred), 5),
+            "multi_logloss_baseline_valid": round(
+                multi_log_loss(y, np.tile(prior, (len(y), 1))), 5),
+            "accuracy_baseline_valid": round(float(np.mean(y == np.argmax(prior))), 5),
+            "class_counts_valid": np.bincount(y.astype(np.int64), minlength=k).tolist()}
+
+
+def train(data: TrainingData, params: TrainParams) -> TrainedModel:
+    """Fit LightGBM for the objective, stopping early on its own slice; measure on validation."""
+    booster = _fit(data, params)
+    best = int(booster.best_iteration) or booster.current_iteration()
+    x_valid, y_valid = data.valid
+    pred = np.asarray(booster.predict(x_valid, num_iteration=best))
+    gains = booster.feature_importance("gain", iteration=best)
+    top = sorted(zip(data.feature_map.features, gains.tolist(), strict=True),
+                 key=lambda t: -t[1])[:10]
     metrics = {
-        "auc_valid": round(auc(y_valid, p_valid), 5),
-        "logloss_valid": round(log_loss(y_valid, p_valid), 5),
-        "calibration_valid": calibration(y_valid, p_valid, params.calibration_bins),
-        "best_iteration": int(booster.best_iteration),
-        "rows_fit": n_fit, "rows_valid": len(y_valid),
-        "prevalence_valid": round(float(y_valid.mean()), 5),
+        "objective": params.objective,
+        **validation_metrics(params.objective, y_valid, pred, data.y[:data.n_fit], params),
+        "best_iteration": best,
+        "rows_fit": data.n_fit, "rows_early_stopping": data.n_stop, "rows_valid": len(y_valid),
+        "split": data.split,
         "importance_gain_top": [[n, round(g, 1)] for n, g in top],
+        "warnings": data.warnings,
     }
-    text = booster.model_to_string(num_iteration=booster.best_iteration)
-    return TrainedModel(text, fmap, metrics)
+    if data.classes is not None:
+        metrics["classes"] = data.classes
+    text = booster.model_to_string(num_iteration=best)
+    return TrainedModel(text, data.feature_map, metrics)
+
+
+def model_card(model: TrainedModel, params: TrainParams, run_id: str) -> dict[str, Any]:
+    """model.json: everything score needs to use the model, and what it was judged on."""
+    return {"label": params.label, "objective": params.objective,
+            "classes": model.metrics.get("classes"),
+            "feature_map": json.loads(model.feature_map.to_json()),
+            "model_sha256": model.sha256, "model_version": model.sha256[:12],
+            "lightgbm": lgb.__version__, "metrics": model.metrics, "trained_in_run": run_id}
+
+
+def summary(model: TrainedModel) -> dict[str, Any]:
+    """What run() returns: the headline metric of the objective, the version, any warnings."""
+    headline = {"binary": "auc_valid", "regression": "rmse_valid",
+                "multiclass": "multi_logloss_valid"}[model.metrics["objective"]]
+    log.info("train: %s %.4f at iteration %d", headline, model.metrics[headline],
+             model.metrics["best_iteration"])
+    split = model.metrics["split"]
+    log.info("train: split %s%s: fractions %s", split["kind"],
+             f" at {split['cut']}" if "cut" in split else "", split["fractions"])
+    for warning in model.metrics["warnings"]:
+        log.warning("train: %s", warning)
+    return {headline: model.metrics[headline], "model_version": model.sha256[:12],
+            "warnings": model.metrics["warnings"]}
+
+
+def parse_params(params: dict[str, Any]) -> TrainParams:
+    """The stage's params, with a spec error (exit 2) naming the field when they are wrong."""
+    try:
+        return TrainParams(**params)
+    except ValidationError as exc:
+        raise SpecError(f"stages.train.params: {exc}") from None
+
+
+def commit_metrics(model: TrainedModel) -> dict[str, Any]:
+    """The model's metrics for `_SUCCESS.json`, with the figures the summary shows."""
+    metrics = {**model.metrics, "model_sha256": model.sha256,
+               "model_version": model.sha256[:12],
+               # every labelled row the model saw or was measured on
+               "rows": sum(int(v) for k, v in model.metrics.items()
+                           if k in ("rows_fit", "rows_early_stopping", "rows_valid"))}
+    calibration = model.metrics.get("calibration_valid")
+    if isinstance(calibration, dict) and "ece" in calibration:
+        metrics["calibration_ece"] = calibration["ece"]
+    return metrics
 
 
 def run(task: StageTask) -> dict[str, Any]:
     """Train on the committed features; commit `model` (model.txt + model.json)."""
-    params = TrainParams(**task.params)
-    data = load_training_data(storage.open_dataset(task.inputs["features"]), params)
+    params = parse_params(task.params)
+    with arrow_data_errors("train"):
+        data = load_training_data(storage.open_dataset(task.inputs["features"]), params)
     model = train(data, params)
-    card = {"label": params.label, "feature_map": json.loads(model.feature_map.to_json()),
-            "model_sha256": model.sha256, "model_version": model.sha256[:12],
-            "lightgbm": lgb.__version__, "metrics": model.metrics, "trained_in_run": task.run_id}
+    card = model_card(model, params, task.run_id)
     with task.writer("model") as out:
         out.write_file("model.txt", model.text.encode())
         out.write_file("model.json", json.dumps(card, indent=2, sort_keys=True).encode())
-        out.commit({**model.metrics, "model_sha256": model.sha256,
-                    "model_version": model.sha256[:12],
-                    "calibration_ece": model.metrics["calibration_valid"]["ece"],
-                    "rows": model.metrics["rows_fit"] + model.metrics["rows_valid"]})
-    log.info("train: validation AUC %.4f at iteration %d", model.metrics["auc_valid"],
-             model.metrics["best_iteration"])
-    return {"auc_valid": model.metrics["auc_valid"], "model_version": model.sha256[:12]}
+        out.commit(commit_metrics(model))
+    return summary(model)

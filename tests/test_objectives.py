@@ -109,7 +109,8 @@ def test_string_label_in_train_is_exit_2_naming_the_column(tmp_path: Path) -> No
     n = 300
     table = pa.table({"id": range(n), "t": range(n), "x": [i % 7 for i in range(n)],
                       "outcome": ["yes" if i % 3 else "no" for i in range(n)]})
-    with storage.DatasetWriter(str(tmp_path / "features")) as out:
+    with storage.DatasetWriter(str(tmp_path / "features"),
+                               storage.Stamp(run_id="t", stage="features", cache_key="k")) as out:
         out.write(table)
         out.commit()
     task = StageTask(run_id="s1", stage="train", inputs={"features": str(tmp_path / "features")},

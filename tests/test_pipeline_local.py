@@ -33,7 +33,7 @@ def test_demo_end_to_end_then_cached_rerun(demo_csv: Path, tmp_path: Path) -> No
     root = tmp_path / "store"
     first = _run(demo_csv, root, "--run-id", "first")
     assert first.returncode == 0, first.stderr
-    assert "validation AUC" in first.stdout and "generator's best achievable" in first.stdout
+    assert "train: auc_valid 0." in first.stdout and "generator_best_auc 0." in first.stdout
     assert _states(root, "first") == dict.fromkeys(("ingest", "features", "train", "score"),
                                                    "succeeded")
     generator = json.loads((demo_csv.parent / "_generator.json").read_text())
@@ -122,7 +122,7 @@ def test_same_fingerprints_on_s3_as_on_local(demo_csv: Path, tmp_path: Path,
         s3.upload_file(str(demo_csv.parent / name), bucket, f"landing/{name}")
     remote = _run(f"{s3_bucket}/landing/encounters.csv", f"{s3_bucket}/root", "--run-id", "same")
     assert remote.returncode == 0, remote.stderr
-    assert "generator's best achievable" in remote.stdout
+    assert "generator_best_auc 0." in remote.stdout
     assert fingerprints(f"{s3_bucket}/root", "same") == fingerprints(str(tmp_path / "store"),
                                                                      "same")
     again = _run(f"{s3_bucket}/landing/encounters.csv", f"{s3_bucket}/root", "--run-id", "again")

@@ -33,6 +33,11 @@ class StorageError(BatchlineError):
     exit_code = EXIT_BAD_INPUT
 
 
+class StorageUnavailable(BatchlineError):
+    """Storage failed for longer than the retry policy waits, or cannot be written at all
+    (a full or read-only disk); resuming once it is fixed heals the run."""
+
+
 class BackendError(BatchlineError):
     """A backend could not submit, watch or cancel a stage."""
 

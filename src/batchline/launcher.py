@@ -20,7 +20,8 @@ from typing import Any
 from batchline import cache, layout, storage
 from batchline.backends.base import Backend, Handle
 from batchline.causes import Cause
-from batchline.errors import SpecError, StageFailed
+from batchline.errors import SpecError, StageFailed, StorageUnavailable
+from batchline.lease import Lease
 from batchline.manifest import Attempt, RunManifest, RunState, StageState, list_runs
 from batchline.spec import PipelineSpec
 from batchline.stages import STAGES
@@ -56,6 +57,7 @@ class Launcher:
         self.fingerprints: dict[str, str] = {}  # "stage.output" -> fingerprint
         self.manifest = self._open_manifest()
         self.previous = self._previous_run()
+        self.lease = Lease(self.root, self.run_id)
 
     # -- manifest -------------------------------------------------------------
     def _open_manifest(self) -> RunManifest:
@@ -75,6 +77,7 @@ class Launcher:
         return runs[-1] if runs else None
 
     def _event(self, stage: str, state: StageState, **fields: Any) -> None:
+        self.lease.check()  # never write after another launcher took the run over
         self.manifest.event(stage, state, **fields)
         self.on_change(self.manifest)
 
@@ -117,17 +120,38 @@ class Launcher:
 
     # -- running --------------------------------------------------------------
     def run(self) -> RunManifest:
-        """Run every needed stage; raises StageFailed (manifest saved) on failure."""
-        self._set_run_state(RunState.RUNNING)
-        needed = self.pipeline.needed(self.selected)
-        for stage in self.pipeline.order:
-            if stage not in needed:
-                if not self.manifest.stage(stage).state.done:
-                    self._event(stage, StageState.SKIPPED, reason="not selected with --stages")
-                continue
-            self._run_stage(stage)
-        self._set_run_state(RunState.SUCCEEDED)
-        return self.manifest
+        """Run every needed stage; raises StageFailed (manifest saved) on failure.
+
+        The run is claimed first (one writer per run): a second launcher on a
+        live run gets RunLocked naming the holder, and nothing is written.
+        """
+        self.lease.acquire()
+        try:
+            self.manifest = self._open_manifest()  # as the last holder left it
+            self._set_run_state(RunState.RUNNING)
+            needed = self.pipeline.needed(self.selected)
+            for stage in self.pipeline.order:
+                if stage not in needed:
+                    if not self.manifest.stage(stage).state.done:
+                        self._event(stage, StageState.SKIPPED,
+                                    reason="not selected with --stages")
+                    continue
+                self._run_stage(stage)
+            self._set_run_state(RunState.SUCCEEDED)
+            return self.manifest
+        except StorageUnavailable:
+            self._mark_failed_if_possible()
+            raise
+        finally:
+            self.lease.release()
+
+    def _mark_failed_if_possible(self) -> None:
+        # Storage is failing: the manifest may not be writable either. Try once,
+        # so `status` says failed rather than running when it can.
+        try:
+            self.manifest.set_state(RunState.FAILED)
+        except StorageUnavailable as exc:
+            log.error("could not mark run %s failed in its manifest: %s", self.run_id, exc)
 
     def _run_stage(self, stage: str) -> None:
         parts = self.key_parts(stage)
@@ -171,8 +195,11 @@ class Launcher:
 
     def _task(self, stage: str, key: str, outputs: dict[str, str], attempt: int) -> StageTask:
         lineage = self._input_fingerprints(stage)
-        return stage_task(self.spec, self.root, self.run_id, stage, self.input_uris(stage),
+        task = stage_task(self.spec, self.root, self.run_id, stage, self.input_uris(stage),
                           outputs, key, attempt, lineage=lineage)
+        # Every earlier attempt of this run has ended (one launcher, the lease
+        # says so), so data prefixes older than now are leftovers to remove.
+        return dataclasses.replace(task, stale_before=time.time())
 
     def _attempt(self, stage: str, key: str, parts: dict[str, Any],
                  outputs: dict[str, str]) -> None:

@@ -13,6 +13,8 @@ next commit.
 
 from __future__ import annotations
 
+import calendar
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,10 +32,12 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from batchline.errors import StorageError
+from batchline.errors import StorageError, StorageUnavailable
+from batchline.retry import Retry
 
 log = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS.json"
+_PREFIX_TIME = "%Y%m%dT%H%M%S"
 ROWS_PER_FILE = 1_000_000
 _SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._=-]*")
 
@@ -43,7 +47,11 @@ def _s3_filesystem() -> pafs.S3FileSystem:
     # makes moto, MinIO and on-prem object stores work without code changes.
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    kwargs: dict[str, Any] = {"region": region}
+    # The AWS SDK's standard retries (backoff with jitter on throttling, 5xx
+    # and connection errors) for every request, stages' bulk reads included.
+    attempts = int(os.environ.get("BATCHLINE_S3_MAX_ATTEMPTS", "6"))
+    kwargs: dict[str, Any] = {"region": region,
+                              "retry_strategy": pafs.AwsStandardS3RetryStrategy(attempts)}
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
@@ -84,16 +92,27 @@ def join(base: str, *parts: str) -> str:
 
 def exists(uri: str) -> bool:
     fs, path = resolve(uri)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return _retry().call(lambda: fs.get_file_info(path).type != pafs.FileType.NotFound,
+                         "look up", uri)
+
+
+def _retry() -> Retry:
+    return Retry.from_env()
 
 
 def read_bytes(uri: str) -> bytes:
+    """A whole (small) object; StorageError if it does not exist."""
     fs, path = resolve(uri)
-    try:
+
+    def read() -> bytes:
         with fs.open_input_stream(path) as stream:
             return bytes(stream.read())
-    except FileNotFoundError as exc:
-        raise StorageError(f"{uri} does not exist") from exc
+    try:
+        return _retry().call(read, "read", uri)
+    except StorageUnavailable as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            raise StorageError(f"{uri} does not exist") from None
+        raise
 
 
 def read_text(uri: str) -> str:
@@ -104,20 +123,33 @@ def write_bytes(uri: str, data: bytes) -> None:
     """Write one object so that readers see the old or the new content, never half.
 
     S3 PUTs are atomic by themselves; on a local disk we write a temporary
-    file beside the target and rename it over.
+    file beside the target and rename it over, and remove the temporary file
+    whatever fails.
     """
     fs, path = resolve(uri)
     if isinstance(fs, pafs.LocalFileSystem):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+        _retry().call(lambda: _write_local(path, data), "write", uri)
+        return
+
+    def put() -> None:
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+    _retry().call(put, "write", uri)
+
+
+def _write_local(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    try:
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        return
-    with fs.open_output_stream(path) as stream:
-        stream.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_text(uri: str, text: str) -> None:
@@ -126,18 +158,24 @@ def write_text(uri: str, text: str) -> None:
 
 def delete_dir(uri: str) -> None:
     fs, path = resolve(uri)
-    if fs.get_file_info(path).type != pafs.FileType.NotFound:
-        fs.delete_dir(path)
+
+    def delete() -> None:
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_dir(path)
+    _retry().call(delete, "delete", uri)
 
 
 def list_dir(uri: str) -> list[str]:
     """Names directly under a folder URI (empty if it does not exist)."""
     fs, path = resolve(uri)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    except FileNotFoundError:
-        return []
-    return sorted(info.base_name for info in infos)
+
+    def names() -> list[str]:
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        except FileNotFoundError:
+            return []
+        return sorted(info.base_name for info in infos)
+    return _retry().call(names, "list", uri)
 
 
 def schema_hash(schema: pa.Schema) -> str:
@@ -322,12 +360,13 @@ class DatasetWriter:
     """
 
     def __init__(self, uri: str, stamp: Stamp, schema: pa.Schema | None = None,
-                 rows_per_file: int = ROWS_PER_FILE) -> None:
+                 rows_per_file: int = ROWS_PER_FILE, stale_before: float | None = None) -> None:
         self.uri = uri
         self.stamp = stamp
         self.schema = schema
         self.rows_per_file = rows_per_file
-        self.prefix = f"data-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+        self.stale_before = stale_before
+        self.prefix = f"data-{time.strftime(_PREFIX_TIME, time.gmtime())}-{secrets.token_hex(4)}"
         self._fs, self._base = resolve(uri)
         self._files: list[CommittedFile] = []
         self._writer: pq.ParquetWriter | None = None
@@ -416,16 +455,31 @@ class DatasetWriter:
         )
         write_text(join(self.uri, SUCCESS), record.to_json())
         self._committed = True
-        remove_stale_prefixes(self.uri, keep={self.prefix})
+        remove_stale_prefixes(self.uri, keep={self.prefix}, before=self.stale_before)
         return record
 
 
-def remove_stale_prefixes(uri: str, keep: Iterable[str]) -> None:
-    """Delete `data-*` folders of abandoned attempts (never the committed one)."""
+def remove_stale_prefixes(uri: str, keep: Iterable[str], before: float | None = None) -> None:
+    """Delete `data-*` folders of abandoned attempts (never the committed one).
+
+    With `before`, only folders stamped earlier than that (UTC, to the second)
+    go: a writer that started since may still be live.
+    """
     keep = set(keep)
     for name in list_dir(uri):
-        if name.startswith("data-") and name not in keep:
-            delete_dir(join(uri, name))
+        if not name.startswith("data-") or name in keep:
+            continue
+        if before is not None and not _prefix_time(name) < before:
+            continue
+        delete_dir(join(uri, name))
+
+
+def _prefix_time(name: str) -> float:
+    """When a `data-<UTC time>-<token>` folder was started; +inf if unreadable."""
+    try:
+        return float(calendar.timegm(time.strptime(name.split("-")[1], _PREFIX_TIME)))
+    except (IndexError, ValueError):
+        return float("inf")
 
 
 def commit_union(uri: str, parts: list[str], stamp: Stamp,

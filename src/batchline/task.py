@@ -62,6 +62,9 @@ class StageTask:
     lineage: dict[str, str] = field(default_factory=dict)
     # URIs of raw data outside the storage root that the stage reads
     sources: list[str] = field(default_factory=list)
+    # data-* prefixes written before this time belong to ended attempts; None:
+    # this writer is the only one, remove every other prefix on commit
+    stale_before: float | None = None
 
     @property
     def name(self) -> str:
@@ -102,7 +105,8 @@ class StageTask:
 
     def writer(self, name: str, schema: pa.Schema | None = None) -> storage.DatasetWriter:
         """A DatasetWriter for output `name` of this task (its shard), stamped."""
-        return storage.DatasetWriter(self.output_uri(name), self.stamp(), schema)
+        return storage.DatasetWriter(self.output_uri(name), self.stamp(), schema,
+                                     stale_before=self.stale_before)
 
 
 @dataclass(frozen=True)

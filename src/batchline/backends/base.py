@@ -151,7 +151,11 @@ class Backend(abc.ABC, Generic[H]):
             self.wait(handle)
 
     def _await(self, handle: H, on_event: OnEvent | None) -> Outcome:
-        phase = ""
+        # Every task is pending until its platform says it runs; one that ended
+        # with an exit code did run, even if no poll caught it running.
+        phase = "pending"
+        if on_event is not None:
+            on_event(handle.task, phase)
         slack = self.deadline_slack_seconds
         while True:
             remaining = handle.deadline + slack - time.monotonic()
@@ -164,6 +168,8 @@ class Backend(abc.ABC, Generic[H]):
             state = self.poll(handle, max(0.0, min(self.poll_seconds, remaining))
                               if remaining > 0 else self.poll_seconds)
             if isinstance(state, Outcome):
+                if phase != "running" and state.exit_code is not None and on_event is not None:
+                    on_event(handle.task, "running")
                 return state
             if state != phase and on_event is not None:
                 on_event(handle.task, state)

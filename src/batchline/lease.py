@@ -1,0 +1,287 @@
+"""One writer per run: a lease object claimed before anything of the run is written.
+
+`runs/<run_id>/lease.json` names its holder (host, pid, a random id) and when
+it was last renewed. It is created only if absent (S3 `If-None-Match: *`, a
+local exclusive create), renewed while the launcher lives, and deleted at the
+end. A second launcher on a live run stops with a message naming the holder.
+A lease whose holder is gone (expired, or its process dead on this host) is
+taken over, with a conditional write (S3 `If-Match` on the ETag read, a local
+file lock), so two launchers resuming at once still end with one holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from batchline import layout, storage
+from batchline.errors import BatchlineError, StorageUnavailable
+from batchline.retry import Retry
+
+log = logging.getLogger(__name__)
+LEASE = "lease.json"
+TTL_SECONDS = 60.0
+
+
+class RunLocked(BatchlineError):
+    """Another live launcher holds the run."""
+
+    exit_code = 2
+
+
+class LeaseLost(BatchlineError):
+    """This launcher's lease was taken over (it was paused past its TTL)."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    token: str
+    host: str
+    pid: int
+    acquired_at: float
+    renewed_at: float
+    ttl: float
+
+    def gone(self, now: float) -> bool:
+        """Expired, or its process is dead on this very host."""
+        if now > self.renewed_at + self.ttl:
+            return True
+        if self.host == socket.gethostname():
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+        return False
+
+    def describe(self) -> str:
+        age = time.time() - self.renewed_at
+        return (f"launcher pid {self.pid} on {self.host} (since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(self.acquired_at))}, "
+                f"renewed {age:.0f} s ago)")
+
+
+class _Objects:
+    """Conditional create/replace/delete of one small object."""
+
+    def create(self, data: bytes) -> bool:
+        raise NotImplementedError
+
+    def read(self) -> tuple[bytes, str] | None:
+        raise NotImplementedError
+
+    def replace(self, data: bytes, tag: str) -> bool:
+        raise NotImplementedError
+
+    def delete(self, tag: str) -> None:
+        raise NotImplementedError
+
+
+class _LocalObject(_Objects):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = f"{path}.lock"
+
+    def create(self, data: bytes) -> bool:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        return True
+
+    def read(self) -> tuple[bytes, str] | None:
+        try:
+            with open(self.path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    @contextlib.contextmanager
+    def _locked(self) -> Any:
+        with open(self.lock, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def replace(self, data: bytes, tag: str) -> bool:
+        with self._locked():
+            current = self.read()
+            if current is None or current[1] != tag:
+                return False
+            storage.write_bytes(self.path, data)
+            return True
+
+    def delete(self, tag: str) -> None:
+        with self._locked():
+            current = self.read()
+            if current is not None and current[1] == tag:
+                os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.unlink(self.lock)
+
+
+class _S3Object(_Objects):
+    def __init__(self, uri: str) -> None:
+        try:
+            import boto3
+        except ImportError as exc:
+            raise BatchlineError("runs on s3:// storage are claimed with a conditional write, "
+                                 "which needs boto3: pip install 'batchline[aws]'") from exc
+        bucket, _, key = uri[len("s3://"):].partition("/")
+        self.bucket, self.key = bucket, key
+        self.client = boto3.client("s3")
+
+    def _code(self, exc: Exception) -> str:
+        return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+
+    def create(self, data: bytes) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, IfNoneMatch="*")
+        except Exception as exc:
+            if self._code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                return False
+            raise
+        return True
+
+    def read(self) -> tuple[bytes, str] | None:
+        try:
+            got = self.client.get_object(Bucket=self.bucket, Key=self.key)
+        except Exception as exc:
+            if self._code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise
+        return got["Body"].read(), str(got["ETag"])
+
+    def replace(self, data: bytes, tag: str) -> bool:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, IfMatch=tag)
+        except Exception as exc:
+            if self._code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412",
+                                   "NoSuchKey", "404"):
+                return False
+            raise
+        return True
+
+    def delete(self, tag: str) -> None:
+        current = self.read()
+        if current is not None and current[1] == tag:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key)
+
+
+class Lease:
+    """The claim of one launcher on one run; `acquire()` before writing anything."""
+
+    def __init__(self, root: str, run_id: str, ttl: float = TTL_SECONDS) -> None:
+        self.uri = storage.join(layout.run_uri(root, run_id), LEASE)
+        path = storage.resolve(self.uri)[1]
+        self._objects: _Objects = _S3Object(self.uri) if self.uri.startswith("s3://") \
+            else _LocalObject(path)
+        self.ttl = ttl
+        self.token = secrets.token_hex(8)
+        self.holder: Holder | None = None
+        self._tag = ""
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._retry = Retry(seconds=ttl / 3)
+
+    def _holder(self, acquired_at: float | None = None) -> Holder:
+        now = time.time()
+        return Holder(self.token, socket.gethostname(), os.getpid(), acquired_at or now, now,
+                      self.ttl)
+
+    def _call(self, fn: Any, what: str) -> Any:
+        try:
+            return self._retry.call(fn, what, self.uri)
+        except StorageUnavailable:
+            raise
+        except Exception as exc:  # boto3 errors that outlasted its own retries
+            raise StorageUnavailable(f"cannot {what} the run's lease {self.uri}: {exc}; check "
+                                     "the endpoint, credentials and bucket") from exc
+
+    def acquire(self) -> Holder:
+        """Claim the run, taking over from a holder that is gone; RunLocked otherwise."""
+        mine = self._holder()
+        data = json.dumps(asdict(mine)).encode()
+        for _ in range(5):
+            if self._call(lambda: self._objects.create(data), "claim"):
+                return self._won(mine)
+            current = self._call(self._objects.read, "read")
+            if current is None:
+                continue  # released meanwhile: try to create again
+            raw, tag = current
+            try:
+                other = Holder(**json.loads(raw))
+            except (ValueError, TypeError):
+                other = None  # a damaged lease has no live holder
+            if other is not None and not other.gone(time.time()):
+                raise RunLocked(f"run is being run by {other.describe()}; wait for it to end "
+                                f"(`batchline status`) or stop that launcher. Lease: {self.uri}")
+            if self._call(lambda tag=tag: self._objects.replace(data, tag), "take over"):
+                log.warning("run lease %s: took over from %s, which is gone", self.uri,
+                            other.describe() if other else "a damaged lease")
+                return self._won(mine)
+        raise RunLocked(f"could not claim {self.uri}: other launchers keep claiming it")
+
+    def _won(self, holder: Holder) -> Holder:
+        self.holder = holder
+        current = self._call(self._objects.read, "read")
+        self._tag = current[1] if current else ""
+        self._thread = threading.Thread(target=self._renew_loop, name="batchline-lease",
+                                        daemon=True)
+        self._thread.start()
+        return holder
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 4):
+            try:
+                self.renew()
+            except BatchlineError as exc:
+                log.error("run lease %s: %s", self.uri, exc)
+                if isinstance(exc, LeaseLost):
+                    return
+
+    def renew(self) -> None:
+        """Push the expiry forward; LeaseLost if someone else holds the lease now."""
+        assert self.holder is not None
+        renewed = self._holder(self.holder.acquired_at)
+        data = json.dumps(asdict(renewed)).encode()
+        if not self._call(lambda: self._objects.replace(data, self._tag), "renew"):
+            self._lost.set()
+            raise LeaseLost(f"the lease {self.uri} was taken over by another launcher")
+        self.holder = renewed
+        current = self._call(self._objects.read, "read")
+        self._tag = current[1] if current else ""
+
+    def check(self) -> None:
+        """Raise LeaseLost if the renewal thread found the lease taken."""
+        if self._lost.is_set():
+            raise LeaseLost(f"another launcher took over this run (lease {self.uri}); this "
+                            "launcher stops without writing more")
+
+    def release(self) -> None:
+        """Stop renewing and delete the lease if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.holder is not None and not self._lost.is_set():
+            with contextlib.suppress(BatchlineError):
+                self._call(lambda: self._objects.delete(self._tag), "release")
+        self.holder = None

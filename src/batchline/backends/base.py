@@ -13,15 +13,18 @@ from __future__ import annotations
 import abc
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
 from batchline import layout, storage
 from batchline.causes import Cause
+from batchline.errors import StorageUnavailable
 from batchline.task import StageResult, StageTask
 
 log = logging.getLogger(__name__)
@@ -176,14 +179,31 @@ class Backend(abc.ABC, Generic[H]):
             phase = state
 
     def _keep_logs(self, task: StageTask, texts: dict[int | None, str]) -> list[str]:
-        """Save each shard's log under the run once; returns the URIs written."""
+        """Save each shard's log under the run once; returns the URIs written.
+
+        When storage cannot take it, the log goes to a local file instead, and
+        the error names that file: a stage's log is never lost with the platform.
+        """
         kept = []
         for shard, text in (texts or {task.shard: ""}).items():
             uri = layout.log_uri(task.storage_root, task.run_id, task.stage, task.attempt,
                                  shard if task.shard_count > 1 else None)
-            storage.write_text(uri, text)
+            try:
+                storage.write_text(uri, text)
+            except StorageUnavailable as exc:
+                local = keep_locally(task, shard, text)
+                raise StorageUnavailable(f"{exc}\nThe stage's log is kept at {local}") from exc
             kept.append(uri)
         return kept
+
+
+def keep_locally(task: StageTask, shard: int | None, text: str) -> str:
+    """Write a log that storage refused to a local file; returns its path."""
+    folder = Path(tempfile.gettempdir(), "batchline-logs", task.run_id, task.stage)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"attempt-{task.attempt}{'' if shard is None else f'-shard-{shard}'}.log"
+    path.write_text(text)
+    return str(path)
 
 
 def translate(handle: Handle, outcome: Outcome, text: str, logs: tuple[str, ...] = ()

@@ -91,7 +91,7 @@ def test_too_many_bad_rows_exit_2_and_commit_nothing(tmp_path: Path) -> None:
     ("jsonl", b"", "empty"),
     ("jsonl", b"\n  \n", "empty"),
     ("jsonl", b'{"id": 1}\n{"id": 2, "name": "caf\xe9"}\n',
-     "line 2 is not UTF-8 text (invalid byte at column 23)"),
+     "line 2, byte offset 32: not UTF-8 text; it looks like cp1252"),
 ])
 def test_unusable_input_exit_2_naming_file(tmp_path: Path, fmt: str, content: bytes,
                                            message: str) -> None:

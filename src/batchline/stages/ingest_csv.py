@@ -52,8 +52,9 @@ def closed_pattern(delimiter: str, quote: str) -> re.Pattern[bytes]:
     read it), so `O"Brien` is plain text and never opens anything.
     """
     d, q = re.escape(delimiter.encode()), re.escape(quote.encode())
-    field = rb"(?:%s(?:[^%s]|%s%s)*%s[^%s\r\n]*|[^%s%s\r\n][^%s\r\n]*|)" % (
-        q, q, q, q, q, d, d, q, d)
+    # (?!q): a quote right after the closing one is an escaped quote, not the end.
+    field = rb"(?:%s(?:[^%s]|%s%s)*%s(?!%s)[^%s\r\n]*|[^%s%s\r\n][^%s\r\n]*|)" % (
+        q, q, q, q, q, q, d, d, q, d)
     return re.compile(rb"(?:%s%s)*%s\r?\n?" % (field, d, field), re.S)
 
 

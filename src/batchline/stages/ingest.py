@@ -112,10 +112,14 @@ def _batches(src: Source, params: IngestParams, report: ReadReport,
     try:
         reader = csv_batches if src.format == "csv" else jsonl_batches
         yield from reader(src, stream, params, report)
-    except (pa.ArrowInvalid, EOFError) as exc:
-        # A corrupt or truncated compressed file: the same bytes fail the same way.
-        raise DataError(f"{src.uri}: cannot be read as {src.compression or 'plain'} "
-                        f"{src.format} ({exc})") from None
+    except (pa.ArrowInvalid, EOFError, OSError) as exc:
+        # A corrupt or truncated compressed file fails the same way every time;
+        # any other OSError (network, disk) may heal, so it stays retryable.
+        if isinstance(exc, OSError) and not isinstance(exc, pa.ArrowInvalid) \
+                and "compress" not in str(exc).lower():
+            raise
+        raise DataError(f"{src.uri}: cannot be read as {src.compression or 'compressed'} "
+                        f"{src.format} ({exc}); check that the file is complete") from None
     finally:
         stream.close()
 

@@ -174,6 +174,9 @@ def csv_batches(src: Source, stream: pa.NativeFile, params: IngestParams, report
         raise DataError(f"{src.uri}: line {line}, before or in the header: {reason}")
     if header is None:
         raise DataError(f"{src.uri}: the file is empty; expected a header line and rows")
+    if b"\x00" in header.data:
+        raise DataError(f"{src.uri}: line {header.line}: the header holds NUL bytes, so this is "
+                        "binary data, not CSV; point stages.ingest.params.source at text files")
     names = header_names(header, params)
     check_header(src.uri, names, params.columns, report)
     splitter.expected = len(names)

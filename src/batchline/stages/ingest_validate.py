@@ -72,6 +72,10 @@ def cast_column(values: pa.Array, kind: str) -> tuple[pa.Array, pa.Array, pa.Arr
         if kind == "timestamp":
             alt = pc.strptime(text, format="%Y-%m-%d %H:%M:%S", unit="us", error_is_null=True)
             parsed = pc.coalesce(parsed, alt)
+        if kind == "date":
+            # strptime rolls 2024-02-30 over to March: a date must print back as it was read.
+            parsed = pc.if_else(_mask(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), text)),
+                                parsed, pa.scalar(None, parsed.type))
         bad = _mask(pc.and_(pc.is_valid(values), pc.is_null(parsed)))
         return parsed.cast(target), bad, none
     try:

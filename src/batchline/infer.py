@@ -20,8 +20,13 @@ import pyarrow.compute as pc
 from batchline.errors import DataError
 from batchline.params import IngestParams
 from batchline.stages import ingest_csv, ingest_readers
-from batchline.stages.ingest_sources import (ReadReport, Source, list_sources, open_stream,
-                                               text_lines)
+from batchline.stages.ingest_sources import (
+    ReadReport,
+    Source,
+    list_sources,
+    open_stream,
+    text_lines,
+)
 from batchline.stages.ingest_validate import cast_column
 
 # Tried narrowest first: a column of 0 and 1 is int64, not bool (labels are).

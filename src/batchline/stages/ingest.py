@@ -208,6 +208,6 @@ def run(task: StageTask) -> dict[str, Any]:
         meta = {"run_id": task.run_id, "stage": task.stage, "cache_key": task.cache_key}
         quarantine.commit({"rows": tally.bad}, meta)
         record = out.commit(metrics, meta)
-    for warning in metrics["warnings"]:
+    for warning in tally.warnings():
         log.warning("ingest: %s", warning)
     return {"rows": record.rows, "rows_bad": tally.bad}

@@ -13,7 +13,7 @@ import codecs
 import fnmatch
 import io
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -151,7 +151,7 @@ def text_lines(src: Source, stream: pa.NativeFile, encoding: str | None, max_byt
 
 def _byte_lines(src: Source, stream: pa.NativeFile, encoding: str, max_bytes: int,
                 ) -> Iterator[tuple[int, bytes | None]]:
-    reader = io.BufferedReader(stream, 1 << 20)  # type: ignore[arg-type]
+    reader = io.BufferedReader(stream, 1 << 20)
     offset = 0
     number = 0
     while True:
@@ -199,7 +199,7 @@ def _not_text(src: Source, raw: bytes, number: int, offset: int, encoding: str) 
 def _wide_lines(src: Source, stream: pa.NativeFile, encoding: str, max_bytes: int,
                 ) -> Iterator[tuple[int, bytes | None]]:
     # UTF-16 and friends: newlines are not single bytes, so decode first.
-    text = io.TextIOWrapper(io.BufferedReader(stream, 1 << 20),  # type: ignore[arg-type]
+    text = io.TextIOWrapper(io.BufferedReader(stream, 1 << 20),
                             encoding=encoding, newline="\n")
     number = 0
     while True:
@@ -239,7 +239,7 @@ class ReadReport:
         self.skipped.append((line, reason, record))
 
 
-def check_header(uri: str, names: list[str], columns: dict[str, str],
+def check_header(uri: str, names: list[str], columns: Mapping[str, str],
                  report: ReadReport) -> None:
     """Refuse duplicated or missing column names; note the undeclared ones as ignored."""
     counts = Counter(names)

@@ -112,7 +112,7 @@ class FaultyS3:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return
 
             def _relay(self) -> None:
@@ -176,6 +176,6 @@ class FaultyS3:
                 length = int(self.headers.get("Content-Length") or 0)
                 return self.rfile.read(length) if length else b""
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay  # noqa: N815
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _relay
 
         return Handler

@@ -91,7 +91,7 @@ def test_too_many_bad_rows_exit_2_and_commit_nothing(tmp_path: Path) -> None:
     ("jsonl", b"", "empty"),
     ("jsonl", b"\n  \n", "empty"),
     ("jsonl", b'{"id": 1}\n{"id": 2, "name": "caf\xe9"}\n',
-     "line 2 is not UTF-8 text (invalid byte at column 23)"),
+     "line 2, byte offset 32: not UTF-8 text; it looks like cp1252"),
 ])
 def test_unusable_input_exit_2_naming_file(tmp_path: Path, fmt: str, content: bytes,
                                            message: str) -> None:
@@ -182,3 +182,21 @@ def test_parquet_source(tmp_path: Path) -> None:
     pq.write_table(pa.table({"id": [1]}), src)
     with pytest.raises(DataError, match="missing columns"):
         ingest.run(_task(tmp_path / "again", src, fmt="parquet"))
+
+
+def test_infer_prints_a_columns_block_with_roles(tmp_path: Path) -> None:
+    from batchline.infer import infer, to_yaml
+
+    src = tmp_path / "a.csv"
+    src.write_text("patient_id,admit,age,ward,label\n" + "".join(
+        f"{i},2024-01-{i % 28 + 1:02d},{30 + i % 50},{'ABC'[i % 3]},{'' if i % 9 == 0 else i % 2}\n"
+        for i in range(100)))
+    text = to_yaml(infer(str(src)))
+    for line in ("  patient_id: int64  # id", "  admit:      date  # date", "  age:        int64",
+                 "  ward:       string  # category (3 values)",
+                 "  label:      int64  # label candidate, 12 empty",
+                 "required: [patient_id]"):
+        assert line in text, text
+    import yaml
+    assert list(yaml.safe_load(text)["columns"]) == ["patient_id", "admit", "age", "ward",
+                                                     "label"]

@@ -387,6 +387,29 @@ def render(spec_path: Annotated[str, typer.Argument(metavar="SPEC")],
     _guard(body)
 
 
+@app.command()
+def infer(source: Annotated[str, typer.Argument(metavar="SOURCE", help="file, folder or glob")],
+          rows: Annotated[int, typer.Option(min=1, help="rows to sample")] = 10_000,
+          format_: Annotated[str | None, typer.Option("--format", help="csv, jsonl or parquet; "
+                                                      "default: from the extension")] = None,
+          delimiter: Annotated[str, typer.Option(help="CSV field separator")] = ",",
+          encoding: Annotated[str | None, typer.Option(help="text encoding; default UTF-8")]
+          = None) -> None:
+    """Print a ready stages.ingest.params block (columns, types, roles) inferred from a sample."""
+    def body() -> None:
+        from pydantic import ValidationError
+
+        from batchline.infer import infer as infer_schema
+        from batchline.infer import to_yaml
+
+        try:
+            result = infer_schema(source, rows, format_, delimiter, encoding)
+        except ValidationError as exc:
+            raise SpecError(f"infer: {exc.errors()[0]['msg']}") from None
+        sys.stdout.write(to_yaml(result))
+    _guard(body)
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("BATCHLINE_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -6,6 +6,7 @@ LightGBM or DuckDB.
 
 from __future__ import annotations
 
+import codecs
 import re
 from typing import Annotated, Any, Literal
 
@@ -20,15 +21,35 @@ class _Params(BaseModel):
 
 
 class IngestParams(_Params):
-    """Where raw data comes from and what it must look like."""
+    """Where raw data comes from, how to read it, and what it must look like."""
 
-    source: str = Field(description="file or folder URI (local path or s3://) of raw data")
-    format: Literal["csv", "jsonl", "parquet"] = "csv"
+    source: str = Field(description="file, folder or glob URI (local path or s3://) of raw data")
+    format: Literal["csv", "jsonl", "parquet"] | None = Field(
+        None, description="default: from the file extension (.csv, .csv.gz, .jsonl, .jsonl.gz, "
+        ".parquet)")
     columns: dict[str, ColumnType] = Field(min_length=1)
     required: list[str] = Field(default_factory=list,
                                 description="columns that may not be empty")
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
     batch_rows: int = Field(200_000, ge=1_000)
+    null_values: list[str] = Field(
+        # What R, pandas, SQL dumps and spreadsheets write for a missing value.
+        default_factory=lambda: ["", "NA", "N/A", "NULL", "null", "NaN"],
+        description="cell texts that mean 'missing' in every column")
+    delimiter: str = Field(",", description="CSV field separator, one character")
+    quote_char: str | None = Field('"', description="CSV quote character; null: no quoting")
+    encoding: str | None = Field(None, description="text encoding (e.g. latin-1, cp1252, "
+                                 "utf-16); default UTF-8")
+    max_quoted_lines: int = Field(
+        50, ge=1, description="a quoted CSV field spanning more lines is a runaway quote: its "
+        "first line is quarantined and the lines after it are read as rows")
+    max_record_bytes: int = Field(
+        16 << 20, ge=1024, le=1 << 30, description="longest record (line, or quoted multi-line "
+        "row) read; longer ones are quarantined. Memory grows with it")
+    non_finite: Literal["quarantine", "null", "keep"] = Field(
+        "quarantine", description="what to do with inf, -inf and nan in float64 columns")
+    control_chars: Literal["quarantine", "keep"] = Field(
+        "quarantine", description="what to do with NUL and other control characters in values")
 
     @field_validator("required")
     @classmethod
@@ -37,6 +58,34 @@ class IngestParams(_Params):
         missing = [c for c in value if c not in columns]
         if missing:
             raise ValueError(f"required columns {missing} are not declared in columns")
+        return value
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_char_delimiter(cls, value: str) -> str:
+        if len(value) != 1 or value in "\r\n":
+            raise ValueError(f"delimiter must be one character other than a newline, "
+                             f"not {value!r}")
+        return value
+
+    @field_validator("quote_char")
+    @classmethod
+    def _one_char_quote(cls, value: str | None, info: object) -> str | None:
+        if value is not None and (len(value) != 1 or value in "\r\n"
+                                  or value == getattr(info, "data", {}).get("delimiter")):
+            raise ValueError(f"quote_char must be one character, not a newline nor the "
+                             f"delimiter, or null; not {value!r}")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                codecs.lookup(value)
+            except LookupError:
+                raise ValueError(f"unknown encoding {value!r}; use a Python codec name such "
+                                 "as utf-8, latin-1, cp1252 or utf-16") from None
         return value
 
 

@@ -78,7 +78,9 @@ class StageTask:
         return self.shard_index if self.shard_count > 1 else None
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, indent=2)
+        # Keys keep their order: params such as ingest's `columns` are ordered
+        # (the declared column order is the committed one).
+        return json.dumps(asdict(self), indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> StageTask:

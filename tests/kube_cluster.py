@@ -151,15 +151,23 @@ class PodmanKubelet:
     One pod per Job, no retries: the container's exit decides the Job
     (exit 0 Complete; exit 2 Failed by PodFailurePolicy, as the FailJob rule
     would; anything else Failed by BackoffLimitExceeded). Like a kubelet, it
-    resolves `envFrom: secretRef` from the Secrets stored in the API server.
+    resolves `envFrom: secretRef` from the Secrets stored in the API server
+    and reports `terminated.reason: OOMKilled` for a container killed at its
+    memory limit. Like the Job controller it stops a pod that outlives the
+    Job's `activeDeadlineSeconds` (Job Failed, reason DeadlineExceeded), and
+    like the garbage collector it stops and deletes the pod of a deleted Job.
     """
 
     def __init__(self, cluster: Cluster, workdir: Path,
-                 podman_env: dict[str, str] | None = None) -> None:
+                 podman_env: dict[str, str] | None = None, grace_seconds: int = 2) -> None:
         self.cluster = cluster
         self.workdir = workdir
         self.podman_env = podman_env
+        # A kubelet waits terminationGracePeriodSeconds (30 s unless the pod
+        # says otherwise) between SIGTERM and SIGKILL; tests need less.
+        self.grace_seconds = grace_seconds
         self.jobs: list[str] = []
+        self.pods: dict[str, str] = {}  # job name -> its pod's name
         self.images: list[str] = []
         self.errors: list[BaseException] = []
         self._stopped = threading.Event()
@@ -229,10 +237,14 @@ class PodmanKubelet:
         name = job["metadata"]["name"]
         pod = self.pod_of(job)
         pod_name = pod["metadata"]["name"]
+        self.pods[name] = pod_name
         container = pod["spec"]["containers"][0]["name"]
         self.cluster.create_pod(pod)
         self.cluster.set_pod(pod_name, {"phase": "Pending", "startTime": now()})
         self.cluster.set_job(name, active=1, startTime=now())
+        # activeDeadlineSeconds counts from the Job's startTime, pulls included.
+        limit = job["spec"].get("activeDeadlineSeconds")
+        deadline = time.monotonic() + limit if limit else None
         manifest = self.workdir / f"{pod_name}.yaml"
         # podman wants the Pod without the API server's bookkeeping fields,
         # and Secrets resolved into plain env, as a kubelet hands them over.
@@ -247,19 +259,89 @@ class PodmanKubelet:
                  "imageID": "", "state": {"waiting": {"reason": "ErrImagePull",
                                                       "message": started.stderr.strip()}}}]})
             return
+        ended = "exited"
+        oom = False
         try:
+            # The Job first: once a watcher sees the pod running, it may delete
+            # the Job at any moment (cancel), and the pod is ours until we delete it.
+            self.cluster.set_job(name, ready=1)
             self.cluster.set_pod(pod_name, {"phase": "Running", "containerStatuses": [
                 {"name": container, "ready": True, "restartCount": 0, "image": "",
                  "imageID": "", "state": {"running": {"startedAt": now()}}}]})
-            self.cluster.set_job(name, ready=1)
             ctr = f"{pod_name}-{container}"
-            code = int(self._podman("wait", ctr).stdout.strip())
+            ended, code = self._await_container(name, ctr, deadline)
+            if ended == "exited":
+                oom = self._oom_killed(ctr, code, pod["spec"]["containers"][0])
             logs = self._podman("logs", ctr)
             # The log must be there before the status says the pod is done.
             self.cluster.can_log(pod_name, logs.stdout + logs.stderr)
         finally:
             self._podman("kube", "down", str(manifest), check=False)
-        self._finish(name, pod_name, container, code)
+        if ended == "deleted":
+            # The garbage collector removes the pods of a deleted Job.
+            self._delete_pod(pod_name)
+            return
+        self._finish(name, pod_name, container, code, oom=oom,
+                     deadline=ended == "deadline")
+
+    def _await_container(self, job: str, ctr: str, deadline: float | None
+                         ) -> tuple[str, int]:
+        """Wait for the container to exit ("exited"), or stop it when the Job passes its
+        deadline ("deadline") or is deleted ("deleted"); returns how, and the exit code."""
+        waiter = subprocess.Popen(["podman", "wait", ctr], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True, env=self.podman_env)
+        ended = "exited"
+        try:
+            while True:
+                try:
+                    waiter.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if ended != "exited":
+                    continue  # stopped; the wait returns once the container is down
+                if deadline is not None and time.monotonic() >= deadline:
+                    ended = "deadline"
+                elif not self.cluster.job_exists(job):
+                    ended = "deleted"
+                else:
+                    continue
+                # SIGTERM, then SIGKILL after the grace period, as the kubelet does.
+                self._podman("stop", "--time", str(self.grace_seconds), ctr, check=False)
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+            out = waiter.communicate()[0]
+        try:
+            code = int(out.strip())
+        except ValueError:
+            code = int(self._podman("inspect", "--format", "{{.State.ExitCode}}",
+                                    ctr).stdout.strip())
+        return ended, code
+
+    def _oom_killed(self, ctr: str, code: int, container: dict[str, Any]) -> bool:
+        """Whether the container was killed at its memory limit, as the kubelet reports it.
+
+        podman says so in State.OOMKilled where it can see it (cgroup v2). On
+        cgroup v1 (this build machine) conmon often cannot, and the state says
+        false; then a SIGKILL exit (137) of a container that had a memory limit,
+        which this kubelet did not stop itself, is taken as the kernel's OOM
+        kill. That is a guess a real kubelet does not need to make: a SIGKILL
+        from someone else would be reported as OOMKilled too.
+        """
+        inspected = self._podman("inspect", "--format", "{{.State.OOMKilled}}", ctr,
+                                 check=False).stdout.strip()
+        if inspected == "true":
+            return True
+        limited = bool(((container.get("resources") or {}).get("limits") or {}).get("memory"))
+        return code == 137 and limited
+
+    def _delete_pod(self, pod: str) -> None:
+        try:
+            self.cluster.core.delete_namespaced_pod(pod, self.cluster.namespace)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def _resolve_secrets(self, spec: dict[str, Any]) -> dict[str, Any]:
         spec = copy.deepcopy(spec)
@@ -275,14 +357,20 @@ class PodmanKubelet:
             container["env"] = [*values, *container.get("env", [])]  # explicit env wins
         return spec
 
-    def _finish(self, job: str, pod: str, container: str, code: int) -> None:
-        state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+    def _finish(self, job: str, pod: str, container: str, code: int, oom: bool = False,
+                deadline: bool = False) -> None:
+        reason = "OOMKilled" if oom else "Completed" if code == 0 else "Error"
+        state = {"terminated": {"exitCode": code, "reason": reason,
                                 "startedAt": now(), "finishedAt": now()}}
-        self.cluster.set_pod(pod, {"phase": "Succeeded" if code == 0 else "Failed",
+        self.cluster.set_pod(pod, {"phase": "Succeeded" if code == 0 and not deadline
+                                   else "Failed",
                                    "containerStatuses": [{"name": container, "ready": False,
                                                           "restartCount": 0, "image": "",
                                                           "imageID": "", "state": state}]})
-        if code == 0:
+        if deadline:
+            self.cluster.finish_job(job, "Failed", "DeadlineExceeded",
+                                    "Job was active longer than specified deadline")
+        elif code == 0:
             self.cluster.finish_job(job, "Complete")
         elif code == 2:
             self.cluster.finish_job(job, "Failed", "PodFailurePolicy",

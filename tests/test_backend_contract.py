@@ -96,9 +96,9 @@ class Platform:
         if self.name == "container":
             return bool(containers(handle.task.run_id))
         assert self.kube is not None
-        pod = self.kube.kubelet.pods.get(handle.job)  # type: ignore[attr-defined]
-        return pod is not None and subprocess.run(
-            ["podman", "pod", "exists", pod], check=False).returncode == 0
+        pods = self.kube.kubelet.pods.get(handle.job, [])  # type: ignore[attr-defined]
+        return any(subprocess.run(["podman", "pod", "exists", pod], check=False).returncode == 0
+                   for pod in pods)
 
     def pods(self, handle: Handle) -> list[str]:
         """The pod objects of the task's Job in the API server (Kubernetes only)."""

@@ -117,15 +117,19 @@ def platform(request: pytest.FixtureRequest, moto_server: str,
     if name != "kubernetes":
         yield Platform(name, get_backend(name, OPTIONS[name]))
         return
+    kube: Kube = request.getfixturevalue("kube")
+    yield Platform(name, kubernetes_backend(kube), kube)
+    assert kube.kubelet.errors == []
+
+
+def kubernetes_backend(kube: Kube, **options: Any) -> Backend[Any]:
+    """The kubernetes backend against the module's API server; S3 keys from the Secret."""
     from batchline.backends.kubernetes import KubernetesBackend
 
-    kube: Kube = request.getfixturevalue("kube")
     env = {k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")}
-    backend = KubernetesBackend(namespace=NAMESPACE, api_client=kube.cluster.api_client,
-                                poll_seconds=0.2, watch_seconds=5,
-                                unschedulable_grace_seconds=0, env=env, secret=SECRET)
-    yield Platform(name, backend, kube)
-    assert kube.kubelet.errors == []
+    return KubernetesBackend(namespace=NAMESPACE, api_client=kube.cluster.api_client,
+                             poll_seconds=0.2, watch_seconds=5, unschedulable_grace_seconds=0,
+                             env=env, secret=SECRET, **options)
 
 
 # -- data and tasks ----------------------------------------------------------------
@@ -332,13 +336,12 @@ def test_logs_outlive_the_platform(platform: Platform, s3_bucket: str, demo_csv:
 
 def terminate_shard_once(platform: Platform, task_uri: str, run_id: str,
                          done: threading.Event, killed: list[str]) -> None:
-    """SIGTERM the worker of one shard's first attempt as soon as it runs.
+    """SIGTERM the worker of shard 1's first attempt as soon as it runs.
 
     The fault a platform really deals out: a worker terminated mid-run (a
     node drained, a spot instance reclaimed, an operator's kill). The stage
     exits 143 (128 + SIGTERM), a retryable failure, and only that shard failed.
     """
-    prefix = f"{run_id}-score-1-a1-"  # the container backend's name for it
     while not done.is_set() and not killed:
         if platform.name == "local":
             for pid in os.listdir("/proc"):
@@ -351,40 +354,53 @@ def terminate_shard_once(platform: Platform, task_uri: str, run_id: str,
                     killed.append(f"pid {pid}")
                     break
         else:
-            for name in containers(run_id):
-                if name.startswith(prefix) and subprocess.run(
-                        ["podman", "kill", "--signal", "TERM", name], capture_output=True,
-                        check=False).returncode == 0:
+            if platform.kube is None:  # the container backend's name for it
+                names = [n for n in containers(run_id) if n.startswith(f"{run_id}-score-1-a1-")]
+            else:  # the first pod of completion index 1 of the score Job
+                names = [f"{r.pod}-stage" for r in platform.kube.kubelet.runs
+                         if r.job == f"{run_id}-score-a1" and r.index == 1][:1]
+            for name in names:
+                if subprocess.run(["podman", "kill", "--signal", "TERM", name],
+                                  capture_output=True, check=False).returncode == 0:
                     killed.append(name)
-                    break
         done.wait(0.02)
 
 
-# Kubernetes runs all shards of an attempt as one Indexed Job
-# (fans_out_shards): the launcher retries the whole Job, so a failed shard is
-# not retried alone there unless the Job controller does it with
-# backoffLimitPerIndex (the backend's backoff_limit, 0 by default), which this
-# kubelet does not play. See the report of issue 7.
-@pytest.mark.parametrize("platform", ["local", "container"], indirect=True)
 def test_failed_shard_is_retried_alone(platform: Platform, s3_bucket: str,
                                        demo_csv: Path) -> None:
     spec = spec_with(upload_demo(demo_csv, s3_bucket), stages__score__shards=2)
     root = f"{s3_bucket}/{platform.name}"
     run_id = platform.run_id("shards")
+    backend = platform.backend
+    if platform.kube is not None:
+        # All shards of an attempt are one Indexed Job (fans_out_shards), so
+        # the Job controller retries a failed index alone, within
+        # backoffLimitPerIndex: the backend's backoff_limit, 0 by default (then
+        # one failed shard fails the Job and the launcher re-runs every shard).
+        backend = kubernetes_backend(platform.kube, backoff_limit=1)
     done, killed = threading.Event(), []
     killer = threading.Thread(target=terminate_shard_once, args=(
         platform, layout.task_uri(root, run_id, "score", 1, 1), run_id, done, killed))
     killer.start()
     try:
-        manifest = Launcher(spec, root, platform.backend, run_id).run()
+        manifest = Launcher(spec, root, backend, run_id).run()
     finally:
         done.set()
         killer.join()
     assert killed, "shard 1's first attempt was never seen running"
     attempts = sorted((a.number, a.shard, a.cause, a.exit_code)
                       for a in manifest.stage("score").attempts)
-    assert attempts == [(1, 0, Cause.SUCCEEDED, 0), (1, 1, Cause.USER_ERROR, 143),
-                        (2, 1, Cause.SUCCEEDED, 0)]
+    if platform.kube is None:  # the launcher retried shard 1 alone
+        assert attempts == [(1, 0, Cause.SUCCEEDED, 0), (1, 1, Cause.USER_ERROR, 143),
+                            (2, 1, Cause.SUCCEEDED, 0)]
+    else:  # one attempt of the launcher; inside it, Kubernetes retried index 1 alone
+        assert attempts == [(1, None, Cause.SUCCEEDED, 0)]
+        runs = [(r.index, r.exit_code) for r in platform.kube.kubelet.runs
+                if r.job == f"{run_id}-score-a1"]
+        assert sorted(runs, key=lambda r: r[0]) == [(0, 0), (1, 143), (1, 0)]
+        # Both pods' output is kept in shard 1's log.
+        text = storage.read_text(layout.log_uri(root, run_id, "score", 1, 1))
+        assert text.count(STARTING.format(stage="score")) == 2
     predictions = manifest.stage("score").outputs["predictions"]
     union = storage.committed(predictions)
     shards = [storage.committed(layout.shard_uri(predictions, i)) for i in range(2)]

@@ -226,8 +226,10 @@ class PodmanKubelet:
                     time.sleep(0.2)
 
     def _podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        # From the kubelet's own folder: on cgroup v1, conmon drops an `oom`
+        # marker file into its caller's working directory.
         return subprocess.run(["podman", *args], capture_output=True, text=True,
-                              env=self.podman_env, check=check, timeout=600)
+                              env=self.podman_env, check=check, timeout=600, cwd=self.workdir)
 
     def _run_job(self, job: dict[str, Any]) -> None:
         try:
@@ -383,7 +385,8 @@ class PodmanKubelet:
         """Wait for the container to exit ("exited"), or stop it when the Job passes its
         deadline ("deadline") or is deleted ("deleted"); returns how, and the exit code."""
         waiter = subprocess.Popen(["podman", "wait", ctr], stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True, env=self.podman_env)
+                                  stderr=subprocess.DEVNULL, text=True, env=self.podman_env,
+                                  cwd=self.workdir)
         ended = "exited"
         try:
             while True:

@@ -19,6 +19,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from kubernetes import client, watch
 
 JOBS = kmock.resource("batch", "v1", "jobs")
 PODS = kmock.resource("", "v1", "pods")
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
+CONTAINER = "stage"  # the container name batchline's Job template uses
 
 
 def now() -> str:
@@ -113,13 +116,15 @@ class Cluster:
     def set_job(self, name: str, **status: Any) -> None:
         self.batch.patch_namespaced_job_status(name, self.namespace, {"status": status})
 
-    def finish_job(self, name: str, kind: str, reason: str = "", message: str = "") -> None:
+    def finish_job(self, name: str, kind: str, reason: str = "", message: str = "",
+                   **status: Any) -> None:
         """Write a terminal Job status as the Job controller does (Complete or Failed)."""
         conditions = [job_condition(kind, reason, message)]
         if kind == "Failed":
             conditions.insert(0, job_condition("FailureTarget", reason, message))
         counts = {"succeeded": 1} if kind == "Complete" else {"failed": 1}
-        self.set_job(name, active=None, ready=None, conditions=conditions, **counts)
+        self.set_job(name, active=None, ready=None, conditions=conditions,
+                     **{**counts, **status})
 
     def create_secret(self, name: str, values: dict[str, str]) -> None:
         """A Secret as `kubectl create secret generic` stores it (base64 data)."""
@@ -138,6 +143,16 @@ class Cluster:
         return True
 
 
+@dataclass(frozen=True)
+class PodRun:
+    """One pod the kubelet ran: its Job, completion index, name and exit code."""
+
+    job: str
+    index: int | None
+    pod: str
+    exit_code: int | None = None
+
+
 def job_condition(kind: str, reason: str = "", message: str = "",
                   status: str = "True") -> dict[str, Any]:
     stamp = now()
@@ -148,18 +163,30 @@ def job_condition(kind: str, reason: str = "", message: str = "",
 class PodmanKubelet:
     """Runs the pod of every Job created in a Cluster with `podman kube play --network host`.
 
-    One pod per Job, no retries: the container's exit decides the Job
-    (exit 0 Complete; exit 2 Failed by PodFailurePolicy, as the FailJob rule
-    would; anything else Failed by BackoffLimitExceeded). Like a kubelet, it
-    resolves `envFrom: secretRef` from the Secrets stored in the API server.
+    One pod per Job (per completion index of an Indexed Job, all at once),
+    retried after a failure up to `backoffLimit` (`backoffLimitPerIndex`, the
+    failed index alone); the containers' exits decide the Job (all 0:
+    Complete; exit 2 fails at once, as the FailJob/FailIndex rule would: Failed
+    by PodFailurePolicy; else Failed by BackoffLimitExceeded, or FailedIndexes
+    for an Indexed Job). Like a kubelet, it
+    resolves `envFrom: secretRef` from the Secrets stored in the API server
+    and reports `terminated.reason: OOMKilled` for a container killed at its
+    memory limit. Like the Job controller it stops a pod that outlives the
+    Job's `activeDeadlineSeconds` (Job Failed, reason DeadlineExceeded), and
+    like the garbage collector it stops and deletes the pod of a deleted Job.
     """
 
     def __init__(self, cluster: Cluster, workdir: Path,
-                 podman_env: dict[str, str] | None = None) -> None:
+                 podman_env: dict[str, str] | None = None, grace_seconds: int = 2) -> None:
         self.cluster = cluster
         self.workdir = workdir
         self.podman_env = podman_env
+        # A kubelet waits terminationGracePeriodSeconds (30 s unless the pod
+        # says otherwise) between SIGTERM and SIGKILL; tests need less.
+        self.grace_seconds = grace_seconds
         self.jobs: list[str] = []
+        self.pods: dict[str, list[str]] = {}  # job name -> its pods' names, oldest first
+        self.runs: list[PodRun] = []  # every pod run, in the order started
         self.images: list[str] = []
         self.errors: list[BaseException] = []
         self._stopped = threading.Event()
@@ -199,40 +226,119 @@ class PodmanKubelet:
                     time.sleep(0.2)
 
     def _podman(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        # From the kubelet's own folder: on cgroup v1, conmon drops an `oom`
+        # marker file into its caller's working directory.
         return subprocess.run(["podman", *args], capture_output=True, text=True,
-                              env=self.podman_env, check=check, timeout=600)
+                              env=self.podman_env, check=check, timeout=600, cwd=self.workdir)
 
     def _run_job(self, job: dict[str, Any]) -> None:
         try:
-            self._run_pod_of(job)
+            self._control(job)
         except BaseException as exc:
             self.errors.append(exc)
 
-    def pod_of(self, job: dict[str, Any]) -> dict[str, Any]:
-        """The Pod the Job controller would create from the Job's template."""
+    def pod_of(self, job: dict[str, Any], index: int | None = None) -> dict[str, Any]:
+        """The Pod the Job controller would create from the Job's template (for one
+        completion index of an Indexed Job)."""
         name = job["metadata"]["name"]
         template = copy.deepcopy(job["spec"]["template"])
         spec = template["spec"]
         labels = {**(template.get("metadata") or {}).get("labels", {}),
                   "batch.kubernetes.io/job-name": name, "job-name": name}
+        annotations = dict((template.get("metadata") or {}).get("annotations", {}))
+        pod_name = f"{name[:56]}-{secrets.token_hex(2)}"
+        if index is not None:
+            # The controller labels and annotates the index, and hands it to the
+            # containers as JOB_COMPLETION_INDEX (a downward-API fieldRef to the
+            # annotation; a plain value here, which podman understands).
+            labels[COMPLETION_INDEX] = annotations[COMPLETION_INDEX] = str(index)
+            pod_name = f"{name[:52]}-{index}-{secrets.token_hex(2)}"
+            for container in spec["containers"]:
+                container["env"] = [*container.get("env", []),
+                                    {"name": "JOB_COMPLETION_INDEX", "value": str(index)}]
         return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": f"{name[:56]}-{secrets.token_hex(2)}",
+                "metadata": {"name": pod_name,
                              "namespace": self.cluster.namespace, "labels": labels,
-                             "annotations": (template.get("metadata") or {}).get(
-                                 "annotations", {}),
+                             "annotations": annotations,
                              "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
                                                   "name": name, "uid": name,
                                                   "controller": True}]},
                 "spec": spec}
 
-    def _run_pod_of(self, job: dict[str, Any]) -> None:
+    def _control(self, job: dict[str, Any]) -> None:
+        """Play the Job controller: run its pods (one per index), retry failed ones
+        within the backoff limit, and write the Job's end."""
         name = job["metadata"]["name"]
-        pod = self.pod_of(job)
+        spec = job["spec"]
+        indexed = spec.get("completionMode") == "Indexed"
+        indexes: list[int | None] = list(range(spec.get("completions", 1))) if indexed \
+            else [None]
+        # Failures allowed before an index (Indexed, backoffLimitPerIndex) or the
+        # Job (backoffLimit) fails; exit 2 matches the FailIndex/FailJob rule.
+        limit = spec.get("backoffLimitPerIndex" if indexed else "backoffLimit", 6)
+        self.cluster.set_job(name, active=len(indexes), startTime=now())
+        # activeDeadlineSeconds counts from the Job's startTime, pulls included.
+        seconds = spec.get("activeDeadlineSeconds")
+        deadline = time.monotonic() + seconds if seconds else None
+        ends: dict[int | None, tuple[str, int]] = {}
+
+        def run_index(index: int | None) -> None:
+            failures = 0
+            while True:
+                ended, code = self._run_pod_of(job, index, deadline)
+                if ended != "exited" or code in (0, 2):
+                    break
+                failures += 1
+                if failures > limit:
+                    break
+            ends[index] = (ended, code)
+
+        threads = [threading.Thread(target=self._guard, args=(run_index, i), daemon=True)
+                   for i in indexes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if len(ends) < len(indexes) or any(e in ("deleted", "pull") for e, _ in ends.values()):
+            return  # deleted, or left pending with an image it cannot pull
+        if any(e == "deadline" for e, _ in ends.values()):
+            self.cluster.finish_job(name, "Failed", "DeadlineExceeded",
+                                    "Job was active longer than specified deadline")
+            return
+        failed = sorted(i for i, (_, code) in ends.items() if code != 0 and i is not None)
+        codes = [code for _, code in ends.values()]
+        if all(code == 0 for code in codes):
+            extra = {"completedIndexes": f"0-{len(indexes) - 1}"} if indexed else {}
+            self.cluster.finish_job(name, "Complete", succeeded=len(indexes), **extra)
+        elif indexed:
+            self.cluster.finish_job(name, "Failed", "FailedIndexes", "Job has failed indexes",
+                                    failedIndexes=",".join(map(str, failed)))
+        elif codes[0] == 2:
+            self.cluster.finish_job(name, "Failed", "PodFailurePolicy",
+                                    f"Container {CONTAINER} for pod {self.pods[name][-1]} "
+                                    "failed with exit code 2 matching FailJob rule at index 0")
+        else:
+            self.cluster.finish_job(name, "Failed", "BackoffLimitExceeded",
+                                    "Job has reached the specified backoff limit")
+
+    def _guard(self, fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    def _run_pod_of(self, job: dict[str, Any], index: int | None, deadline: float | None
+                    ) -> tuple[str, int]:
+        """Run one pod of the Job to its end: how it ended ("exited", "deadline",
+        "deleted", "pull") and its exit code."""
+        name = job["metadata"]["name"]
+        pod = self.pod_of(job, index)
         pod_name = pod["metadata"]["name"]
+        self.pods.setdefault(name, []).append(pod_name)
+        self.runs.append(PodRun(name, index, pod_name))
         container = pod["spec"]["containers"][0]["name"]
         self.cluster.create_pod(pod)
         self.cluster.set_pod(pod_name, {"phase": "Pending", "startTime": now()})
-        self.cluster.set_job(name, active=1, startTime=now())
         manifest = self.workdir / f"{pod_name}.yaml"
         # podman wants the Pod without the API server's bookkeeping fields,
         # and Secrets resolved into plain env, as a kubelet hands them over.
@@ -246,20 +352,93 @@ class PodmanKubelet:
                 {"name": container, "ready": False, "restartCount": 0, "image": "",
                  "imageID": "", "state": {"waiting": {"reason": "ErrImagePull",
                                                       "message": started.stderr.strip()}}}]})
-            return
+            return "pull", -1
+        ended = "exited"
+        oom = False
         try:
+            # The Job first: once a watcher sees the pod running, it may delete
+            # the Job at any moment (cancel), and the pod is ours until we delete it.
+            self.cluster.set_job(name, ready=1)
             self.cluster.set_pod(pod_name, {"phase": "Running", "containerStatuses": [
                 {"name": container, "ready": True, "restartCount": 0, "image": "",
                  "imageID": "", "state": {"running": {"startedAt": now()}}}]})
-            self.cluster.set_job(name, ready=1)
             ctr = f"{pod_name}-{container}"
-            code = int(self._podman("wait", ctr).stdout.strip())
+            ended, code = self._await_container(name, ctr, deadline)
+            if ended == "exited":
+                oom = self._oom_killed(ctr, code, pod["spec"]["containers"][0])
             logs = self._podman("logs", ctr)
             # The log must be there before the status says the pod is done.
             self.cluster.can_log(pod_name, logs.stdout + logs.stderr)
         finally:
             self._podman("kube", "down", str(manifest), check=False)
-        self._finish(name, pod_name, container, code)
+        self.runs[self.runs.index(PodRun(name, index, pod_name))] = PodRun(
+            name, index, pod_name, code)
+        if ended == "deleted":
+            # The garbage collector removes the pods of a deleted Job.
+            self._delete_pod(pod_name)
+        else:
+            self._finish_pod(pod_name, container, code, oom=oom, failed=ended != "exited")
+        return ended, code
+
+    def _await_container(self, job: str, ctr: str, deadline: float | None
+                         ) -> tuple[str, int]:
+        """Wait for the container to exit ("exited"), or stop it when the Job passes its
+        deadline ("deadline") or is deleted ("deleted"); returns how, and the exit code."""
+        waiter = subprocess.Popen(["podman", "wait", ctr], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True, env=self.podman_env,
+                                  cwd=self.workdir)
+        ended = "exited"
+        try:
+            while True:
+                try:
+                    waiter.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if ended != "exited":
+                    continue  # stopped; the wait returns once the container is down
+                if deadline is not None and time.monotonic() >= deadline:
+                    ended = "deadline"
+                elif not self.cluster.job_exists(job):
+                    ended = "deleted"
+                else:
+                    continue
+                # SIGTERM, then SIGKILL after the grace period, as the kubelet does.
+                self._podman("stop", "--time", str(self.grace_seconds), ctr, check=False)
+        finally:
+            if waiter.poll() is None:
+                waiter.kill()
+            out = waiter.communicate()[0]
+        try:
+            code = int(out.strip())
+        except ValueError:
+            code = int(self._podman("inspect", "--format", "{{.State.ExitCode}}",
+                                    ctr).stdout.strip())
+        return ended, code
+
+    def _oom_killed(self, ctr: str, code: int, container: dict[str, Any]) -> bool:
+        """Whether the container was killed at its memory limit, as the kubelet reports it.
+
+        podman says so in State.OOMKilled where it can see it (cgroup v2). On
+        cgroup v1 (this build machine) conmon often cannot, and the state says
+        false; then a SIGKILL exit (137) of a container that had a memory limit,
+        which this kubelet did not stop itself, is taken as the kernel's OOM
+        kill. That is a guess a real kubelet does not need to make: a SIGKILL
+        from someone else would be reported as OOMKilled too.
+        """
+        inspected = self._podman("inspect", "--format", "{{.State.OOMKilled}}", ctr,
+                                 check=False).stdout.strip()
+        if inspected == "true":
+            return True
+        limited = bool(((container.get("resources") or {}).get("limits") or {}).get("memory"))
+        return code == 137 and limited
+
+    def _delete_pod(self, pod: str) -> None:
+        try:
+            self.cluster.core.delete_namespaced_pod(pod, self.cluster.namespace)
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def _resolve_secrets(self, spec: dict[str, Any]) -> dict[str, Any]:
         spec = copy.deepcopy(spec)
@@ -275,19 +454,13 @@ class PodmanKubelet:
             container["env"] = [*values, *container.get("env", [])]  # explicit env wins
         return spec
 
-    def _finish(self, job: str, pod: str, container: str, code: int) -> None:
-        state = {"terminated": {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+    def _finish_pod(self, pod: str, container: str, code: int, oom: bool = False,
+                    failed: bool = False) -> None:
+        reason = "OOMKilled" if oom else "Completed" if code == 0 else "Error"
+        state = {"terminated": {"exitCode": code, "reason": reason,
                                 "startedAt": now(), "finishedAt": now()}}
-        self.cluster.set_pod(pod, {"phase": "Succeeded" if code == 0 else "Failed",
+        self.cluster.set_pod(pod, {"phase": "Succeeded" if code == 0 and not failed
+                                   else "Failed",
                                    "containerStatuses": [{"name": container, "ready": False,
                                                           "restartCount": 0, "image": "",
                                                           "imageID": "", "state": state}]})
-        if code == 0:
-            self.cluster.finish_job(job, "Complete")
-        elif code == 2:
-            self.cluster.finish_job(job, "Failed", "PodFailurePolicy",
-                                    f"Container {container} for pod {pod} failed with exit "
-                                    "code 2 matching FailJob rule at index 0")
-        else:
-            self.cluster.finish_job(job, "Failed", "BackoffLimitExceeded",
-                                    "Job has reached the specified backoff limit")

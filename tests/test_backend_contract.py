@@ -38,7 +38,7 @@ from batchline.errors import StageFailed
 from batchline.launcher import Launcher, stage_task
 from batchline.manifest import RunManifest
 from batchline.spec import PipelineSpec, load_spec
-from batchline.stage import load_task, run_task
+from batchline.stage import run_task
 from batchline.stages import STAGES
 from batchline.task import Resources, StageTask
 
@@ -206,11 +206,9 @@ def test_success_commits_what_in_process_commits(platform: Platform, s3_bucket: 
     result = backend.wait(handle)
     assert result.ok and result.exit_code == 0, result
     # Fingerprints depend only on the bytes: the same run id under another root,
-    # read back from its task file as the stage entrypoint reads it. (Run from
-    # the StageTask object instead, ingest orders its columns as the spec does,
-    # while `StageTask.to_json(sort_keys=True)` sorts params.columns for every
-    # backend: a src bug reported with issue 7.)
-    reference = load_task(task_of(spec, f"{s3_bucket}/in-process", run_id, "ingest").task_uri)
+    # run in this process from the task object (the task JSON keeps the declared
+    # column order, so every backend commits the same bytes).
+    reference = task_of(spec, f"{s3_bucket}/in-process", run_id, "ingest")
     run_task(reference)
     for output in STAGES["ingest"].outputs:
         assert storage.committed(task.outputs[output]).fingerprint == \
@@ -399,9 +397,8 @@ def test_failed_shard_is_retried_alone(platform: Platform, s3_bucket: str,
         assert attempts == [(1, 0, Cause.SUCCEEDED, 0), (1, 1, Cause.USER_ERROR, 143),
                             (2, 1, Cause.SUCCEEDED, 0)]
     else:  # one attempt of the launcher; inside it, Kubernetes retried index 1 alone
-        # (The launcher records the whole Indexed Job as "shard 0": task.shard of
-        # the un-narrowed task; see the report of issue 7.)
-        assert attempts == [(1, 0, Cause.SUCCEEDED, 0)]
+        # (one Indexed Job runs every shard: its attempt is of no single shard)
+        assert attempts == [(1, None, Cause.SUCCEEDED, 0)]
         runs = [(r.index, r.exit_code) for r in platform.kube.kubelet.runs
                 if r.job == f"{run_id}-score-a1"]
         assert sorted(runs, key=lambda r: r[0]) == [(0, 0), (1, 143), (1, 0)]

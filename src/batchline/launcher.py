@@ -274,14 +274,15 @@ class Launcher:
 
     def _start_attempt(self, task: StageTask) -> None:
         entry = self.manifest.stage(task.stage)
-        entry.attempts.append(Attempt(number=task.attempt, shard=task.shard,
-                                      started_at=time.time()))
+        # One submit of a fanning-out backend (an Indexed Job) runs every shard.
+        shard = None if self.backend.fans_out_shards else task.shard
+        entry.attempts.append(Attempt(number=task.attempt, shard=shard, started_at=time.time()))
         self._event(task.stage, StageState.RUNNING, attempt=task.attempt, cache_key=task.cache_key,
                     phase="submitted")
 
     def _end_attempt(self, task: StageTask, result: StageResult) -> None:
         for record in self.manifest.stage(task.stage).attempts:
-            if record.number == task.attempt and record.shard == task.shard:
+            if record.number == task.attempt and record.shard in (task.shard, None):
                 record.ended_at = time.time()
                 record.cause = result.cause
                 record.exit_code = result.exit_code

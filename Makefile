@@ -46,7 +46,7 @@ wheelhouse: setup  ## wheels for the images, built on the host
 	bash images/build-wheelhouse.sh $(BIN)/pip
 
 images: wheelhouse  ## build every stage image and the launcher (podman or docker)
-	bash images/build-images.sh
+	PYTHON=$(BIN)/python bash images/build-images.sh
 
 bench: setup  ## demo at 1M and 5M rows vs a pandas script; appends to bench/results.md
 	$(BIN)/python bench/run.py

@@ -31,7 +31,7 @@ from batchline.task import StageTask
 
 HERE = Path(__file__).resolve().parent
 SPEC = HERE.parent / "jobs" / "readmission.yaml"
-IMAGES = ("ingest", "features", "train", "score", "launcher")
+IMAGES = (*STAGES, "launcher")
 REPEATS = 5
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,49 @@ def test_logs_of_an_unknown_stage_exit_2(first_run: tuple[Path, RunManifest]) ->
     assert result.returncode == 2 and "has no stage '../../etc'" in result.stderr
     assert run_cli("logs", "r1", "train", "--storage", str(root)).stdout.startswith(
         "in-process r1-train")
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB file system (tmpfs; CI runs as root) for full and read-only disks."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def _no_stray_files(root: Path) -> None:
+    assert not [p for p in root.rglob("*") if ".tmp-" in p.name], "a temporary file was left"
+
+
+def test_a_full_disk_fails_clearly_and_leaves_no_temp_files(small_disk: Path,
+                                                           demo_csv: Path) -> None:
+    (small_disk / "filler").write_bytes(b"\0" * (2 * 2**20 - 96 * 2**10))  # ~96 KiB left
+    root = small_disk / "store"
+    result = run_cli("run", str(SPEC), "--storage", str(root), "--run-id", "full",
+                     "--set", f"stages.ingest.params.source={demo_csv}")
+    assert result.returncode == 1, result.stderr
+    assert "the disk is full" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    _no_stray_files(small_disk)
+    (small_disk / "filler").unlink()  # space again: the run resumes to the end
+    resumed = run_cli("resume", "full", "--storage", str(root))
+    assert resumed.returncode == 0, resumed.stderr
+
+
+def test_a_read_only_disk_fails_clearly(small_disk: Path, demo_csv: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    result = run_cli("run", str(SPEC), "--storage", str(small_disk / "store"),
+                     "--set", f"stages.ingest.params.source={demo_csv}")
+    assert result.returncode == 1, result.stderr
+    assert "the file system is read-only" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_storage_pointing_at_a_file_is_exit_2(tmp_path: Path) -> None:
+    target = tmp_path / "afile"
+    target.write_text("x")
+    result = run_cli("run", str(SPEC), "--storage", str(target))
+    assert result.returncode == 2 and "is a file" in result.stderr, result.stderr

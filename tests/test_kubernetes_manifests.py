@@ -155,8 +155,7 @@ def test_rendered_run_jobs_pass_every_check() -> None:
                      env={"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"})
     assert result.returncode == 0, result.stderr
     jobs = [d for d in yaml.safe_load_all(result.stdout) if d]
-    assert [j["metadata"]["labels"]["batchline.dev/stage"] for j in jobs] == [
-        "ingest", "features", "train", "score"]
+    assert [j["metadata"]["labels"]["batchline.dev/stage"] for j in jobs] == list(STAGES)
     assert jobs[-1]["spec"]["completionMode"] == "Indexed"
     # A credential in the launcher's environment never reaches a manifest.
     assert "EXAMPLEKEY" not in result.stdout and not _credential_findings(result.stdout)

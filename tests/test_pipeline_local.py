@@ -15,6 +15,7 @@ from conftest import BATCHLINE, ROOT, SPEC, eventually, fingerprints, run_cli
 from batchline import storage
 from batchline.demo_data import generate
 from batchline.manifest import RunManifest
+from batchline.stages import STAGES
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +35,7 @@ def test_demo_end_to_end_then_cached_rerun(demo_csv: Path, tmp_path: Path) -> No
     first = _run(demo_csv, root, "--run-id", "first")
     assert first.returncode == 0, first.stderr
     assert "train: auc_valid 0." in first.stdout and "generator_best_auc 0." in first.stdout
-    assert _states(root, "first") == dict.fromkeys(("ingest", "features", "train", "score"),
-                                                   "succeeded")
+    assert _states(root, "first") == dict.fromkeys(STAGES, "succeeded")
     generator = json.loads((demo_csv.parent / "_generator.json").read_text())
     manifest = RunManifest.load(str(root), "first")
     predictions = storage.open_dataset(manifest.stage("score").outputs["predictions"])
@@ -45,7 +45,7 @@ def test_demo_end_to_end_then_cached_rerun(demo_csv: Path, tmp_path: Path) -> No
     assert table.column("model_version").to_pylist()[0] == \
         manifest.stage("train").metrics["model_version"]
     assert 0.0 < min(table.column("score").to_pylist()) < max(table.column("score").to_pylist())
-    for stage in ("ingest", "features", "train", "score"):
+    for stage in STAGES:
         assert storage.list_dir(str(root / "runs" / "first" / stage / "logs")) == ["attempt-1.log"]
 
     second = _run(demo_csv, root, "--run-id", "second")

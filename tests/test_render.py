@@ -14,6 +14,7 @@ import yaml
 from conftest import SPEC, run_cli
 
 from batchline import storage
+from batchline.spec import load_spec
 
 
 def _render(*extra: str) -> subprocess.CompletedProcess[str]:
@@ -26,7 +27,7 @@ def test_render_prints_valid_jobs_in_order() -> None:
     assert result.returncode == 0, result.stderr
     jobs = list(yaml.safe_load_all(result.stdout))
     assert [j["metadata"]["labels"]["batchline.dev/stage"] for j in jobs] == \
-        ["ingest", "features", "train", "score"]
+        list(load_spec(SPEC).pipeline.order)
     for job in jobs:
         for version in ("1.29.0", "1.37.0"):
             kubernetes_validate.validate(job, version, strict=True)

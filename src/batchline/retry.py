@@ -32,7 +32,7 @@ _TRANSIENT = re.compile(
     r"SLOW_DOWN|THROTTL|SERVICE_UNAVAILABLE|INTERNAL_FAILURE|NETWORK_CONNECTION|"
     r"REQUEST_TIMEOUT|HTTP status 5\d\d|curlCode|Connection reset|Connection refused|"
     r"timed out|Timeout was reached", re.IGNORECASE)
-_PERMANENT_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is "
+PERMANENT_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is "
                      "read-only", errno.EACCES: "permission denied", errno.EPERM:
                      "permission denied", errno.ENOTDIR: "a path component is a file, "
                      "not a folder", errno.EISDIR: "it is a folder", errno.EDQUOT:
@@ -84,8 +84,8 @@ class Retry:
 
 def describe(exc: OSError, what: str, uri: str) -> str:
     """One paragraph: which URI, what went wrong, what to check."""
-    if exc.errno in _PERMANENT_ERRNOS:
-        return (f"cannot {what} {uri}: {_PERMANENT_ERRNOS[exc.errno]} ({exc.strerror}); "
+    if exc.errno in PERMANENT_ERRNOS:
+        return (f"cannot {what} {uri}: {PERMANENT_ERRNOS[exc.errno]} ({exc.strerror}); "
                 "free space, fix permissions or point --storage elsewhere, then resume the run")
     if is_transient(exc):
         return (f"cannot {what} {uri}: the object store kept failing ({_first_line(exc)}); "

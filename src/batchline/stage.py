@@ -20,6 +20,7 @@ import time
 from batchline import storage
 from batchline.causes import EXIT_OOM, EXIT_RETRYABLE
 from batchline.errors import BatchlineError, SpecError, StorageError
+from batchline.retry import PERMANENT_ERRNOS, describe
 from batchline.stages import STAGES
 from batchline.storage import read_text
 from batchline.task import StageTask
@@ -105,6 +106,15 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         log.error("stage %s: out of memory", args.stage)
         return EXIT_OOM
+    except OSError as exc:
+        if exc.errno not in PERMANENT_ERRNOS:
+            log.exception("stage %s: unexpected error", args.stage)
+            return EXIT_RETRYABLE
+        # A full or read-only disk: one clear line, not a traceback.
+        message = describe(exc, "write", exc.filename or "its output")
+        log.error("stage %s: %s", args.stage, message)
+        print(json.dumps({"ok": False, "error": message}), file=sys.stderr)
+        return EXIT_RETRYABLE
     except Exception:
         log.exception("stage %s: unexpected error", args.stage)
         return EXIT_RETRYABLE

@@ -11,23 +11,20 @@ import subprocess
 
 import pytest
 
+from batchline.stages import STAGES
+
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
 
-# What each image must import, and what it must not carry at all.
-NEEDS = {
-    "ingest": ("batchline.stage", "batchline.stages.ingest", "pyarrow.parquet", "pyarrow.fs"),
-    "features": ("batchline.stage", "batchline.stages.features", "duckdb"),
-    "train": ("batchline.stage", "batchline.stages.train", "lightgbm", "numpy"),
-    "score": ("batchline.stage", "batchline.stages.score", "lightgbm", "numpy"),
-    "launcher": ("batchline.cli", "batchline.launcher", "kubernetes", "boto3", "typer"),
-}
-LACKS = {
-    "ingest": ("lightgbm", "duckdb", "numpy", "kubernetes", "boto3"),
-    "features": ("lightgbm", "kubernetes", "boto3"),
-    "train": ("duckdb", "kubernetes", "boto3"),
-    "score": ("duckdb", "kubernetes", "boto3"),
-    "launcher": ("lightgbm", "duckdb"),
-}
+# What each pip extra brings that a stage image may import; an image carries
+# what its stage's extras (from the catalog) bring, and none of the others'.
+EXTRA_IMPORTS = {"features": "duckdb", "model": "lightgbm"}
+CLOUD = ("kubernetes", "boto3")
+NEEDS = {name: ("batchline.stage", stage.module, "pyarrow.parquet", "pyarrow.fs",
+                *(EXTRA_IMPORTS[e] for e in stage.extras)) for name, stage in STAGES.items()}
+LACKS = {name: (*(m for e, m in EXTRA_IMPORTS.items() if e not in stage.extras), *CLOUD)
+         for name, stage in STAGES.items()}
+NEEDS["launcher"] = ("batchline.cli", "batchline.launcher", *CLOUD, "typer")
+LACKS["launcher"] = ("lightgbm", "duckdb")
 # Runs inside the container: imports, then reports uid and whether / is writable.
 PROBE = """
 import importlib, importlib.util, json, os, sys

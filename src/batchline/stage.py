@@ -20,7 +20,7 @@ import time
 from batchline import storage
 from batchline.causes import EXIT_OOM, EXIT_RETRYABLE
 from batchline.errors import BatchlineError, SpecError, StorageError
-from batchline.retry import PERMANENT_ERRNOS, describe
+from batchline.retry import PERMANENT_ERRNOS, describe, is_transient
 from batchline.stages import STAGES
 from batchline.storage import read_text
 from batchline.task import StageTask
@@ -107,11 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("stage %s: out of memory", args.stage)
         return EXIT_OOM
     except OSError as exc:
-        if exc.errno not in PERMANENT_ERRNOS:
+        if exc.errno not in PERMANENT_ERRNOS and not is_transient(exc):
             log.exception("stage %s: unexpected error", args.stage)
             return EXIT_RETRYABLE
-        # A full or read-only disk: one clear line, not a traceback.
-        message = describe(exc, "write", exc.filename or "its output")
+        # A full or read-only disk, or an object store that kept failing past
+        # its client's retries: one clear line (exit 1, the launcher retries).
+        message = describe(exc, "read or write", exc.filename or "its data")
         log.error("stage %s: %s", args.stage, message)
         print(json.dumps({"ok": False, "error": message}), file=sys.stderr)
         return EXIT_RETRYABLE

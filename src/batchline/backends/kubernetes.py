@@ -403,7 +403,9 @@ class KubernetesBackend(Backend[KubernetesHandle]):
             pass
         if not (seen.job_synced and seen.pods_synced):
             return "pending"
-        if seen.job is None:
+        if seen.job is None or handle.cancelled or handle.timed_out:
+            # Deleted (by us: cancel or the deadline's safety net, or by someone
+            # else): nothing more will happen to it.
             return Outcome(cause=Cause.CANCELLED, message=f"job {handle.ref} was deleted")
         pods = sorted(seen.pods.values(), key=pod_started)
         grace = self.options.unschedulable_grace_seconds

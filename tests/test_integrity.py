@@ -179,3 +179,19 @@ def test_storage_pointing_at_a_file_is_exit_2(tmp_path: Path) -> None:
     target.write_text("x")
     result = run_cli("run", str(SPEC), "--storage", str(target))
     assert result.returncode == 2 and "is a file" in result.stderr, result.stderr
+
+
+def test_a_manifest_written_by_batchline_0_1_still_reads(tmp_path: Path) -> None:
+    # tests/data/manifest-v1.json: a real manifest of the schema before
+    # `schema_version` (attempts as dicts with `attempt` and `log`).
+    run = tmp_path / "runs" / "s1"
+    run.mkdir(parents=True)
+    shutil.copy(Path(__file__).parent / "data" / "manifest-v1.json", run / "manifest.json")
+    manifest = RunManifest.load(str(tmp_path), "s1")
+    assert manifest.schema_version == 2 and manifest.state == "succeeded"
+    attempt = manifest.stage("train").attempts[0]
+    assert (attempt.number, attempt.cause) == (1, "succeeded")
+    assert attempt.logs == ["/tmp/smoke/oldstore/runs/s1/train/logs/attempt-1.log"]
+    assert manifest.root == str(tmp_path)  # saved where it was read, not where it says
+    status = run_cli("status", "s1", "--storage", str(tmp_path))
+    assert status.returncode == 0 and "succeeded" in status.stdout, status.stderr

@@ -138,3 +138,18 @@ def test_stage_entrypoint_sets_the_policy_before_lightgbm_loads(tmp_path: Path) 
     assert "stage train: 1 threads (num_threads 4); CPU available 1" in done.stderr
     assert "OpenMP wait policy passive" in done.stderr
     assert "imported before the CPU policy" not in done.stderr
+
+
+def test_stage_processes_load_lightgbm_and_pyarrow_without_pandas_or_sklearn() -> None:
+    code = ("from batchline.lean_imports import skip_optional_imports\n"
+            "skip_optional_imports()\n"
+            "import sys, lightgbm, pyarrow.dataset, duckdb\n"
+            "import pyarrow as pa\n"
+            "con = duckdb.connect()\n"
+            "con.register('t', pa.table({'a': [1, 2]}).to_reader())\n"
+            "assert con.sql('SELECT sum(a) FROM t').fetchall() == [(3,)]\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pandas', 'sklearn'}),\n"
+            "      lightgbm.compat.SKLEARN_INSTALLED)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split() == ["[]", "False"]

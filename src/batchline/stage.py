@@ -9,6 +9,13 @@ summary the backends may parse; everything before it is the stage's log.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # A stage process: pyarrow and LightGBM load faster without pandas and
+    # scikit-learn, which no stage uses. Done before anything imports pyarrow.
+    from batchline.lean_imports import skip_optional_imports
+
+    skip_optional_imports()
+
 import argparse
 import json
 import logging

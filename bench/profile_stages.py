@@ -67,7 +67,7 @@ def profile(label: str, tree: Path, src: Path, data: Path, top: int) -> list[str
         stats = pstats.Stats(str(out / f"{stage}.prof"))
         total = stats.total_tt  # type: ignore[attr-defined]
         lines += [f"**{stage}**: {wall:.1f} s wall (process start to exit), {total:.1f} s "
-                  f"profiled, of which imports {_imports(stats):.1f} s.", "",
+                  f"profiled; largest import tree {_imports(stats):.1f} s.", "",
                   "| cumulative s | function |", "|---:|---|"]
         lines += [f"| {cum:.2f} | `{name}` |" for cum, name in _top(stats, top)]
         lines.append("")

@@ -9,6 +9,13 @@ summary the backends may parse; everything before it is the stage's log.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # A stage process: pyarrow and LightGBM load faster without pandas and
+    # scikit-learn, which no stage uses. Done before anything imports pyarrow.
+    from batchline.lean_imports import skip_optional_imports
+
+    skip_optional_imports()
+
 import argparse
 import json
 import logging
@@ -17,7 +24,7 @@ import signal
 import sys
 import time
 
-from batchline import storage
+from batchline import cpu, storage
 from batchline.causes import EXIT_OOM, EXIT_RETRYABLE
 from batchline.errors import BatchlineError, SpecError, StorageError
 from batchline.retry import PERMANENT_ERRNOS, describe, is_transient
@@ -72,6 +79,27 @@ def wait_for_inputs(task: StageTask, seconds: int, poll: float = 5.0) -> None:
             time.sleep(poll)
 
 
+def set_cpu_policy(task: StageTask) -> None:
+    """Size thread pools from the CPU this stage really has; OpenMP waits passively.
+
+    Must run before the stage module is imported: libgomp (LightGBM's OpenMP)
+    reads OMP_WAIT_POLICY once, when it is loaded.
+    """
+    budget, policy = cpu.apply(task.resources.cpu)
+    if "lightgbm" in sys.modules:
+        log.warning("stage %s: LightGBM was imported before the CPU policy was set; "
+                    "OpenMP may spin (OMP_WAIT_POLICY not applied)", task.stage)
+    fields = STAGES[task.stage].params.model_fields
+    name = next((n for n in ("num_threads", "threads") if n in fields), None)
+    if name is None:
+        chosen = f"{budget.cores} Arrow threads"
+    else:
+        asked = int(task.params.get(name, fields[name].default))
+        chosen = f"{budget.threads(asked)} threads ({name} {asked})"
+    log.info("stage %s: %s; CPU available %d (%s); OpenMP wait policy %s", task.stage, chosen,
+             budget.cores, budget.describe(), policy)
+
+
 def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -96,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SpecError(f"task {args.task} is for stage {task.stage!r}, not {args.stage!r}")
         log.info("stage %s: starting (run %s, attempt %d, shard %d/%d)", task.stage, task.run_id,
                  task.attempt, task.shard_index, task.shard_count)
+        set_cpu_policy(task)
         if args.wait_inputs:
             wait_for_inputs(task, args.wait_inputs)
         summary = run_task(task)

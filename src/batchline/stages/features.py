@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from pydantic import ValidationError
 
-from batchline import storage
+from batchline import cpu, storage
 from batchline.errors import DataError, SpecError
 from batchline.params import FeaturesParams
 from batchline.task import StageTask
@@ -50,7 +50,7 @@ def connect(params: FeaturesParams) -> duckdb.DuckDBPyConnection:
     tmp = os.path.join(tempfile.gettempdir(), "batchline-duckdb")
     return duckdb.connect(config={
         "memory_limit": params.memory_limit,
-        "threads": params.threads,
+        "threads": cpu.threads(params.threads),
         "temp_directory": tmp,
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,

@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from pydantic import ValidationError
 
-from batchline import storage
+from batchline import cpu, storage
 from batchline.errors import DataError, SpecError, StorageError
 from batchline.params import ScoreParams, SourcePopulation, SqlPopulation
 from batchline.stages.matrix import FeatureMap, arrow_data_errors
@@ -183,8 +183,8 @@ def _sql_population(dataset: ds.Dataset, params: ScoreParams, where: str,
     select = ", ".join(f'"{c}"' for c in columns)
     query = f"SELECT {select} FROM population WHERE (\n{where}\n)"
     check_one_select(query, f"{_POPULATION}.where")
-    con = duckdb.connect(config={"threads": params.num_threads, "memory_limit": "256MB",
-                                 "autoinstall_known_extensions": False,
+    con = duckdb.connect(config={"threads": cpu.threads(params.num_threads),
+                                 "memory_limit": "256MB", "autoinstall_known_extensions": False,
                                  "autoload_known_extensions": False})
     try:
         con.register("population", dataset.scanner(batch_size=params.batch_rows,
@@ -244,7 +244,8 @@ def run(task: StageTask) -> dict[str, Any]:
     with task.writer("predictions", schema) as out:
         for batch in score_batches(population_batches(dataset, params, card["label"], columns),
                                    booster, fmap, params.id_columns, schema, version,
-                                   task.run_id, params.num_threads, shard, card, tally):
+                                   task.run_id, cpu.threads(params.num_threads), shard, card,
+                                   tally):
             out.write(batch)
         record = out.commit(commit_metrics(tally, params, version, shard, population_size))
     log.info("score: %d predictions with model %s", record.rows, version)

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pydantic import ValidationError
 
-from batchline import storage
+from batchline import cpu, storage
 from batchline.errors import DataError, SpecError
 from batchline.metrics import accuracy, auc, calibration, log_loss, mae, multi_log_loss, r2, rmse
 from batchline.params import GroupSplit, RandomSplit, TimeSplit, TrainParams
@@ -215,7 +215,7 @@ def booster_params(params: TrainParams, classes: list[Any] | None) -> dict[str, 
         **objective,
         "num_leaves": params.num_leaves, "learning_rate": params.learning_rate,
         "min_data_in_leaf": params.min_data_in_leaf,
-        "feature_fraction": params.feature_fraction, "num_threads": params.num_threads,
+        "feature_fraction": params.feature_fraction, "num_threads": cpu.threads(params.num_threads),
         "seed": params.seed, "deterministic": True, "force_col_wise": True, "verbosity": -1,
         **params.lightgbm,
     }

@@ -48,7 +48,7 @@ wheelhouse: setup  ## wheels for the images, built on the host
 images: wheelhouse  ## build every stage image and the launcher (podman or docker)
 	PYTHON=$(BIN)/python bash images/build-images.sh
 
-bench: setup  ## demo at 1M and 5M rows vs a pandas script; appends to bench/results.md
+bench: setup  ## demo at 1M and 5M rows vs the single-process limit and a pandas script (--busy too); appends to bench/results.md
 	$(BIN)/python bench/run.py
 
 bench-images: images  ## image sizes and container start overhead vs local processes

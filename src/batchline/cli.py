@@ -194,6 +194,13 @@ ForceOpt = Annotated[str | None, typer.Option("--force", help="comma-separated s
                                               "rerun even if their outputs could be reused")]
 
 
+def _shorthands(namespace: str | None, context: str | None, in_cluster: bool,
+                secret: str | None) -> dict[str, Any]:
+    """The backend-option flags kept for convenience; a backend without them says so."""
+    return {"namespace": namespace, "context": context, "in_cluster": in_cluster,
+            "secret": secret}
+
+
 def _names(value: str | None) -> list[str] | None:
     return [s.strip() for s in value.split(",") if s.strip()] if value is not None else None
 
@@ -221,8 +228,7 @@ def run(
         spec = _absolute_sources(spec)
         root = _root(storage_opt, spec)
         rid = layout.check_run_id(run_id) if run_id is not None else layout.new_run_id(spec.name)
-        given = {"namespace": namespace, "context": context, "in_cluster": in_cluster,
-                 "secret": secret}
+        given = _shorthands(namespace, context, in_cluster, secret)
         _launch(spec, root, backend, rid, _names(stages),
                 _backend_options(backend, spec, given, option), verify, _names(force))
     _guard(body)
@@ -257,8 +263,7 @@ def resume(
         manifest = RunManifest.load(root, layout.check_run_id(run_id))
         spec = parse_spec(manifest.spec, f"manifest of run {run_id}")
         name = backend or manifest.backend
-        given = {"namespace": namespace, "context": context, "in_cluster": in_cluster,
-                 "secret": secret}
+        given = _shorthands(namespace, context, in_cluster, secret)
         _launch(spec, root, name, run_id, manifest.selected_stages,
                 _backend_options(name, spec, given, option), verify)
     _guard(body)

@@ -24,8 +24,10 @@ import signal
 import sys
 import time
 
+from pydantic import ValidationError
+
 from batchline import cpu, storage
-from batchline.causes import EXIT_OOM, EXIT_RETRYABLE
+from batchline.causes import EXIT_BAD_INPUT, EXIT_OOM, EXIT_RETRYABLE
 from batchline.errors import BatchlineError, SpecError, StorageError
 from batchline.retry import PERMANENT_ERRNOS, describe, is_transient
 from batchline.stages import STAGES
@@ -132,6 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         log.error("stage %s: %s", args.stage, exc)
         print(json.dumps({"ok": False, "error": str(exc)}), file=sys.stderr)
         return exc.exit_code
+    except ValidationError as exc:
+        # The stage's params, checked again where they are used (a task written
+        # by hand, or by another batchline version): a spec error, never retried.
+        message = f"stages.{args.stage}.params: {exc}"
+        log.error("stage %s: %s", args.stage, message)
+        print(json.dumps({"ok": False, "error": message}), file=sys.stderr)
+        return EXIT_BAD_INPUT
     except MemoryError:
         log.error("stage %s: out of memory", args.stage)
         return EXIT_OOM

@@ -25,7 +25,6 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
-from pydantic import ValidationError
 
 from batchline import cpu, storage
 from batchline.errors import DataError, SpecError
@@ -35,14 +34,6 @@ from batchline.task import StageTask
 log = logging.getLogger(__name__)
 BATCH_ROWS = 200_000
 _SQL = "stages.features.params.sql"
-
-
-def parse_params(params: dict[str, Any]) -> FeaturesParams:
-    """The stage's params, with a spec error (exit 2) naming the field when they are wrong."""
-    try:
-        return FeaturesParams(**params)
-    except ValidationError as exc:
-        raise SpecError(f"stages.features.params: {exc}") from None
 
 
 def connect(params: FeaturesParams) -> duckdb.DuckDBPyConnection:
@@ -153,7 +144,7 @@ def feature_batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
 
 def run(task: StageTask) -> dict[str, Any]:
     """Compute features for every input row; commit the `features` dataset."""
-    params = parse_params(task.params)
+    params = FeaturesParams(**task.params)
     encounters = storage.open_dataset(task.inputs["encounters"])
     con = connect(params)
     try:

@@ -28,7 +28,6 @@ import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
-from pydantic import ValidationError
 
 from batchline import cpu, storage
 from batchline.errors import DataError, SpecError, StorageError
@@ -38,14 +37,6 @@ from batchline.task import StageTask
 
 log = logging.getLogger(__name__)
 _POPULATION = "stages.score.params.population"
-
-
-def parse_params(params: dict[str, Any]) -> ScoreParams:
-    """The stage's params, with a spec error (exit 2) naming the field when they are wrong."""
-    try:
-        return ScoreParams(**params)
-    except ValidationError as exc:
-        raise SpecError(f"stages.score.params: {exc}") from None
 
 
 def load_model(model_uri: str) -> tuple[lgb.Booster, dict[str, Any]]:
@@ -229,7 +220,7 @@ def _describe(params: ScoreParams) -> str:
 
 def run(task: StageTask) -> dict[str, Any]:
     """Score the population with the model; commit `predictions` (or this shard of it)."""
-    params = parse_params(task.params)
+    params = ScoreParams(**task.params)
     booster, card = load_model(task.inputs["model"])
     fmap = FeatureMap(card["feature_map"]["features"], card["feature_map"]["categorical"])
     dataset = population_dataset(task.inputs["features"], params)

@@ -28,7 +28,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-from pydantic import ValidationError
 
 from batchline import cpu, storage
 from batchline.errors import DataError, SpecError
@@ -314,14 +313,6 @@ def summary(model: TrainedModel) -> dict[str, Any]:
             "warnings": model.metrics["warnings"]}
 
 
-def parse_params(params: dict[str, Any]) -> TrainParams:
-    """The stage's params, with a spec error (exit 2) naming the field when they are wrong."""
-    try:
-        return TrainParams(**params)
-    except ValidationError as exc:
-        raise SpecError(f"stages.train.params: {exc}") from None
-
-
 def commit_metrics(model: TrainedModel) -> dict[str, Any]:
     """The model's metrics for `_SUCCESS.json`, with the figures the summary shows."""
     metrics = {**model.metrics, "model_sha256": model.sha256,
@@ -337,7 +328,7 @@ def commit_metrics(model: TrainedModel) -> dict[str, Any]:
 
 def run(task: StageTask) -> dict[str, Any]:
     """Train on the committed features; commit `model` (model.txt + model.json)."""
-    params = parse_params(task.params)
+    params = TrainParams(**task.params)
     with arrow_data_errors("train"):
         data = load_training_data(storage.open_dataset(task.inputs["features"]), params)
     model = train(data, params)

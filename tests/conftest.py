@@ -22,6 +22,7 @@ import pytest
 from batchline import storage
 from batchline.demo_data import generate
 from batchline.stages import STAGES
+from batchline.task import StageTask
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "jobs" / "readmission.yaml"
@@ -165,3 +166,14 @@ def committed_encounters(root: str, demo_csv: Path) -> str:
                      storage_root=root, task_uri="", cache_key="k", image="")
     run_task(task)
     return task.outputs["encounters"]
+
+
+def ingest_task(root: Path, params: dict[str, object], write: bool = True) -> StageTask:
+    """An ingest task whose outputs live under `root`, stored at its task URI."""
+    task = StageTask(run_id="r", stage="ingest", inputs={},
+                     outputs={"encounters": str(root / "enc"), "quarantine": str(root / "q")},
+                     params=dict(params), storage_root=str(root),
+                     task_uri=str(root / "task.json"), cache_key="k")
+    if write:
+        storage.write_text(task.task_uri, task.to_json())
+    return task

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ingest_task
 
 from batchline import storage
 from batchline.errors import DataError
@@ -22,13 +23,7 @@ GOOD = "1,2024-01-02,1.5,ann,true\n2,2024-01-03,2.5,bob,0\n3,2024-02-01,,cy,fals
 def _task(tmp_path: Path, source: Path, fmt: str = "csv", **params: object) -> StageTask:
     p = {"source": str(source), "format": fmt, "columns": COLUMNS, "required": ["id"],
          "max_bad_fraction": 0.5, **params}
-    root = tmp_path / "store"
-    task = StageTask(run_id="r", stage="ingest", inputs={},
-                     outputs={"encounters": str(root / "enc"), "quarantine": str(root / "q")},
-                     params=p, storage_root=str(root), task_uri=str(root / "task.json"),
-                     cache_key="k")
-    storage.write_text(task.task_uri, task.to_json())
-    return task
+    return ingest_task(tmp_path / "store", p)
 
 
 def _nothing_committed(task: StageTask) -> bool:

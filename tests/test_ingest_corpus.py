@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ingest_task
 
 from batchline import storage
 from batchline.task import StageTask
@@ -195,12 +196,7 @@ def _run(tmp_path: Path, case: Case) -> tuple[subprocess.CompletedProcess[str], 
     source = str(tmp_path / (case.source or next(iter(case.files))))
     params = {"source": source, "columns": COLUMNS, "required": ["id"],
               "max_bad_fraction": 0.5, **case.params}
-    root = tmp_path / "store"
-    task = StageTask(run_id="r", stage="ingest", inputs={},
-                     outputs={"encounters": str(root / "enc"), "quarantine": str(root / "q")},
-                     params=params, storage_root=str(root), task_uri=str(root / "task.json"),
-                     cache_key="k")
-    storage.write_text(task.task_uri, task.to_json())
+    task = ingest_task(tmp_path / "store", params)
     result = subprocess.run([sys.executable, "-m", "batchline.stage", "ingest", "--task",
                              task.task_uri], capture_output=True, text=True, check=False)
     return result, task

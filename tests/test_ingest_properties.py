@@ -21,13 +21,13 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from conftest import ingest_task
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batchline import storage
 from batchline.errors import DataError
 from batchline.stages import ingest
-from batchline.task import StageTask
 
 settings.register_profile("ci", max_examples=500, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow,
@@ -249,11 +249,7 @@ def test_every_row_committed_or_quarantined_with_its_line(case: Case) -> None:
         params = {"source": str(source), "columns": dict(zip(case.names, case.kinds,
                                                               strict=True)),
                   "max_bad_fraction": 1.0, **case.params}
-        root = folder / "store"
-        task = StageTask(run_id="r", stage="ingest", inputs={},
-                         outputs={"encounters": str(root / "enc"), "quarantine": str(root / "q")},
-                         params=params, storage_root=str(root), task_uri=str(root / "t.json"),
-                         cache_key="k")
+        task = ingest_task(folder / "store", params, write=False)
         try:
             ingest.run(task)
         except DataError as exc:

@@ -374,13 +374,10 @@ def test_failed_shard_is_retried_alone(platform: Platform, s3_bucket: str,
     spec = spec_with(upload_demo(demo_csv, s3_bucket), stages__score__shards=2)
     root = f"{s3_bucket}/{platform.name}"
     run_id = platform.run_id("shards")
+    # On Kubernetes all shards of an attempt are one Indexed Job (fans_out_shards),
+    # and the Job controller retries a failed index alone, within
+    # backoffLimitPerIndex (the backend's shard_retries, 2 by default).
     backend = platform.backend
-    if platform.kube is not None:
-        # All shards of an attempt are one Indexed Job (fans_out_shards), so
-        # the Job controller retries a failed index alone, within
-        # backoffLimitPerIndex: the backend's backoff_limit, 0 by default (then
-        # one failed shard fails the Job and the launcher re-runs every shard).
-        backend = kubernetes_backend(platform.kube, backoff_limit=1)
     done, killed = threading.Event(), []
     killer = threading.Thread(target=terminate_shard_once, args=(
         platform, layout.task_uri(root, run_id, "score", 1, 1), run_id, done, killed))

@@ -276,6 +276,10 @@ class Options(BackendOptions):
     # The launcher retries by cause with a new Job per attempt, so the Job
     # controller itself does not retry.
     backoff_limit: int = Field(0, ge=0, le=100)
+    # ... except for the shards of an Indexed Job: Kubernetes retries a failed
+    # index alone (backoffLimitPerIndex), which the launcher could only do by
+    # rerunning every shard.
+    shard_retries: int = Field(2, ge=0, le=100)
     poll_seconds: float = Field(1.0, gt=0, le=60)
     watch_seconds: int = Field(60, ge=1, le=3600)
     unschedulable_grace_seconds: float = Field(120.0, ge=0)
@@ -333,7 +337,8 @@ class KubernetesBackend(Backend[KubernetesHandle]):
         manifest = job_manifest(task, namespace=self.namespace,
                                 service_account=opts.service_account,
                                 ttl_seconds_after_finished=opts.ttl_seconds_after_finished,
-                                backoff_limit=opts.backoff_limit, env=opts.env or None,
+                                backoff_limit=opts.shard_retries if task.shard_count > 1
+                                else opts.backoff_limit, env=opts.env or None,
                                 env_from_secret=opts.secret)
         name = manifest["metadata"]["name"]
         ref = f"{self.namespace}/{name}"

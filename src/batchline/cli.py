@@ -131,7 +131,8 @@ def _summary(manifest: RunManifest, seconds: float) -> None:
             out.print(f"[yellow]warning:[/yellow] {stage}: {escape(warning)}", highlight=False,
                       soft_wrap=True)
     out.print(f"{launched} stages launched, {reused} reused, {seconds:.1f}s; "
-              f"manifest {layout.manifest_uri(manifest.root, manifest.run_id)}")
+              f"manifest {layout.manifest_uri(manifest.root, manifest.run_id)}",
+              soft_wrap=True, highlight=False)
 
 
 def _number(value: Any) -> str:

@@ -11,6 +11,7 @@ file lock), so two launchers resuming at once still end with one holder.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import fcntl
 import hashlib
@@ -72,20 +73,24 @@ class Holder:
                 f"renewed {age:.0f} s ago)")
 
 
-class _Objects:
-    """Conditional create/replace/delete of one small object."""
+class _Objects(abc.ABC):
+    """Conditional create/replace/delete of one small object; a tag names a version."""
 
+    @abc.abstractmethod
     def create(self, data: bytes) -> bool:
-        raise NotImplementedError
+        """Write `data` only if the object does not exist; False if it does."""
 
+    @abc.abstractmethod
     def read(self) -> tuple[bytes, str] | None:
-        raise NotImplementedError
+        """The content and its tag, or None if absent."""
 
+    @abc.abstractmethod
     def replace(self, data: bytes, tag: str) -> bool:
-        raise NotImplementedError
+        """Write `data` only if the object is still at `tag`; False otherwise."""
 
+    @abc.abstractmethod
     def delete(self, tag: str) -> None:
-        raise NotImplementedError
+        """Delete the object if it is still at `tag`."""
 
 
 class _LocalObject(_Objects):

@@ -120,16 +120,24 @@ def lookup(root: str, run_id: str, stage: str, outputs: tuple[str, ...], key: st
     if entry is not None and entry[1] != own:
         candidates.append(entry)
     for owner, uris in candidates:
-        records = _committed_with_key(uris, key)
-        if records is None:
-            continue
-        problems = [p for uri, r in records.items() for p in storage.verify(uris[uri], r, verify)]
-        if problems:
-            for problem in problems:
-                report(problem)
-            continue
-        return Hit(owner, uris, records)
+        records = reusable(uris, key, verify, report)
+        if records is not None:
+            return Hit(owner, uris, records)
     return None
+
+
+def reusable(outputs: dict[str, str], key: str, verify: bool = False,
+             on_problem: OnProblem | None = None) -> dict[str, storage.SuccessRecord] | None:
+    """The records of `outputs` if every one is committed with `key` and its files are
+    intact (sizes; sha256 with `verify`); None otherwise, problems reported."""
+    records = _committed_with_key(outputs, key)
+    if records is None:
+        return None
+    problems = [problem for name, record in records.items()
+                for problem in storage.verify(outputs[name], record, verify)]
+    for problem in problems:
+        (on_problem or (lambda _: None))(problem)
+    return None if problems else records
 
 
 def _cache_entry(root: str, stage: str, key: str) -> tuple[str, dict[str, str]] | None:

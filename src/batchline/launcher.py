@@ -245,13 +245,8 @@ class Launcher:
     def _shard_committed(self, task: StageTask, index: int) -> bool:
         """Whether this shard committed in an earlier attempt (same key, files intact)."""
         shard = task.for_shard(index)
-        for name in task.outputs:
-            uri = shard.output_uri(name)
-            record = storage.read_success(uri)
-            if record is None or record.meta.get("cache_key") != task.cache_key \
-                    or storage.verify(uri, record):
-                return False
-        return True
+        uris = {name: shard.output_uri(name) for name in task.outputs}
+        return cache.reusable(uris, task.cache_key) is not None
 
     def _watch(self, tasks: list[StageTask]) -> list[StageResult]:
         """Submit every task (recording each attempt as it starts), then wait for all."""

@@ -59,7 +59,7 @@ def test_runs_under_faults_succeed_or_resume_to_a_clean_result(
     assert "Traceback" not in faulty.stderr
     assert sum(proxy.counts.faults.values()) > 0, proxy.counts
     if faulty.returncode != 0:
-        assert faulty.returncode == 1, faulty.stderr
+        assert faulty.returncode == 3, faulty.stderr
         assert "cannot" in faulty.stderr and "resume" in faulty.stderr, faulty.stderr
         resumed = _run(root, source, command="resume")
         assert resumed.returncode == 0, resumed.stderr
@@ -88,7 +88,7 @@ def test_the_endpoint_going_away_fails_clearly_and_resumes(
         proxy.arm(Rule(rate=1.0, faults=("reset",), start=3.0))
         result = _run(root, source, env={"AWS_ENDPOINT_URL": proxy.url,
                                          "BATCHLINE_STORAGE_RETRY_SECONDS": "5"})
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr
     assert "Traceback" not in result.stderr
     assert "cannot" in result.stderr and "check the endpoint (AWS_ENDPOINT_URL)" in \
         result.stderr, result.stderr

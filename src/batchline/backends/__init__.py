@@ -12,8 +12,6 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from batchline.errors import SpecError
 
 if TYPE_CHECKING:
@@ -41,6 +39,8 @@ def _module(name: str, where: str = "--backend") -> ModuleType:
 
 def validate_options(name: str, options: dict[str, Any], where: str) -> Any:
     """The backend's Options built from `options`; a SpecError naming each bad one."""
+    from pydantic import ValidationError
+
     module = _module(name, where)
     try:
         return module.Options(**options)

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 Phase = Literal["pending", "running"]
 # Called by a backend on every phase change it sees.
 OnEvent = Callable[[StageTask, str], None]
+# Called on every poll while a task runs (heartbeats, cancel requests); it may
+# raise to stop waiting, and the caller then cancels the task.
+OnTick = Callable[[StageTask], None]
 LOG_TAIL_LINES = 20
 
 
@@ -118,13 +121,14 @@ class Backend(abc.ABC, Generic[H]):
         handle.deadline = time.monotonic() + task.resources.timeout_seconds
         return handle
 
-    def wait(self, handle: H, on_event: OnEvent | None = None) -> StageResult:
+    def wait(self, handle: H, on_event: OnEvent | None = None,
+             on_tick: OnTick | None = None) -> StageResult:
         """Block until the task ends; stop it at its deadline; keep its logs; translate."""
         if handle.result is not None:
             return handle.result
         handle.waiting = True
         try:
-            outcome = self._await(handle, on_event)
+            outcome = self._await(handle, on_event, on_tick)
         finally:
             handle.waiting = False
         texts = self.fetch_logs(handle)
@@ -153,7 +157,7 @@ class Backend(abc.ABC, Generic[H]):
         if not handle.waiting:
             self.wait(handle)
 
-    def _await(self, handle: H, on_event: OnEvent | None) -> Outcome:
+    def _await(self, handle: H, on_event: OnEvent | None, on_tick: OnTick | None) -> Outcome:
         # Every task is pending until its platform says it runs; one that ended
         # with an exit code did run, even if no poll caught it running.
         phase = "pending"
@@ -177,6 +181,8 @@ class Backend(abc.ABC, Generic[H]):
             if state != phase and on_event is not None:
                 on_event(handle.task, state)
             phase = state
+            if on_tick is not None:
+                on_tick(handle.task)
 
     def _keep_logs(self, task: StageTask, texts: dict[int | None, str]) -> list[str]:
         """Save each shard's log under the run once; returns the URIs written.

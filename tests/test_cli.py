@@ -11,16 +11,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import BATCHLINE, ROOT, RUNAWAY_FEATURES, SPEC, eventually, run_cli
 
 from batchline.demo_data import generate
 from batchline.manifest import RunManifest
 from batchline.report import RunReport, json_schema
-from conftest import BATCHLINE, ROOT, RUNAWAY_FEATURES, SPEC, eventually, run_cli
 
 SCHEMA_FILE = ROOT / "docs" / "run-report.schema.json"
 RUNAWAY = f"stages.features.params.sql={RUNAWAY_FEATURES['sql']}"  # runs until stopped
@@ -186,7 +185,7 @@ def test_sigterm_cancels_a_run_in_the_foreground(tmp_path: Path, small_csv: Path
                RunManifest.load(str(tmp_path), "term").stages["features"].state == "running",
                timeout=120, what="features to start")
     launcher.send_signal(signal.SIGTERM)
-    out, err = launcher.communicate(timeout=60)
+    _out, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 130, err
     manifest = RunManifest.load(str(tmp_path), "term")
     assert manifest.state == "cancelled" and manifest.stages["features"].state == "cancelled"

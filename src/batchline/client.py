@@ -15,6 +15,7 @@ end to the exit codes the CLI documents.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -37,6 +38,7 @@ from batchline.stages import STAGES, producers
 if TYPE_CHECKING:
     import pyarrow as pa
 
+log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "./batchline-data"
 EXIT_OK = 0
 EXIT_BAD_INPUT = 2
@@ -104,8 +106,9 @@ class Client:
         """Start a run and return its id at once; `wait` follows it.
 
         The run's manifest is written first (pending, with the spec frozen in
-        it), then a launcher detached from this process resumes it, so the run
-        outlives the caller and `wait`, `status` and `cancel` find it at once.
+        it), then a launcher resumes it: a process detached from this one, or
+        with `backend="kubernetes"` a launcher Job in the cluster. The run
+        outlives the caller, and `wait`, `status` and `cancel` find it at once.
         """
         plan = self._plan(spec, sets, stages, backend, options, run_id, force, no_cache)
         if storage.exists(layout.manifest_uri(plan.root, plan.run_id)):
@@ -117,7 +120,16 @@ class Client:
         manifest.force = sorted(plan.force)
         manifest.verify = verify
         manifest.save()
-        _start_detached(plan.root, plan.run_id)
+        if plan.backend == "kubernetes":
+            # The launcher runs in the cluster, next to its stages.
+            from batchline.backends import validate_options
+            from batchline.backends.kubernetes_launcher import create_launcher_job
+
+            k8s = validate_options("kubernetes", plan.options, "--option")
+            ref = create_launcher_job(plan.run_id, plan.root, plan.spec.image("launcher"), k8s)
+            log.info("run %s: launcher job %s", plan.run_id, ref)
+        else:
+            _start_detached(plan.root, plan.run_id)
         return plan.run_id
 
     def resume(self, run_id: str, *, sets: Mapping[str, Any] | None = None,

@@ -219,3 +219,15 @@ def test_help_and_version_import_nothing_heavy() -> None:
     assert "Usage:" in result.stdout and "HEAVY []" in result.stdout, result.stdout
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("batchline 0.")
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    import typer.main
+
+    from batchline.cli import app
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    missing = [f"{name} {param.name}" for name, command in commands.items()
+               for param in command.params
+               if not getattr(param, "help", None) and param.name != "help"]
+    assert missing == []

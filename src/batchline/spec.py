@@ -148,9 +148,10 @@ def merge_legacy_sections(data: Any) -> Any:
         data = dict(data)
         section = data.pop("kubernetes") or {}
         backends = data.get("backends") or {}
-        if isinstance(section, dict) and isinstance(backends, dict):
-            data["backends"] = {**backends,
-                                "kubernetes": {**section, **(backends.get("kubernetes") or {})}}
+        if isinstance(backends, dict):
+            if isinstance(section, dict):  # anything else is reported as not a mapping
+                section = {**section, **(backends.get("kubernetes") or {})}
+            data["backends"] = {**backends, "kubernetes": section}
     return data
 
 
@@ -200,7 +201,7 @@ def _graph_problems(data: dict[str, Any]) -> list[str]:
     return []
 
 
-def _backend_problems(data: dict[str, Any], source: str) -> list[str]:
+def _backend_problems(data: dict[str, Any]) -> list[str]:
     from batchline.backends import option_problems
 
     backends = data.get("backends")
@@ -226,7 +227,7 @@ def parse_spec(data: Any, source: str = "<spec>",
         problems += explain(exc, PipelineSpec, hints=_HINTS)
     problems += stage_problems(data)
     problems += _graph_problems(data)
-    problems += _backend_problems(data, source)
+    problems += _backend_problems(data)
     if problems or spec is None:
         raise SpecError(report(source, problems))
     return spec

@@ -20,7 +20,7 @@ from typing import Any
 from batchline import cache, layout, storage
 from batchline.backends.base import Backend, Handle
 from batchline.causes import Cause
-from batchline.errors import SpecError, StageFailed, StorageUnavailable
+from batchline.errors import SpecError, StageFailed, StorageMisconfigured, StorageUnavailable
 from batchline.lease import Lease
 from batchline.manifest import Attempt, RunManifest, RunState, StageState, list_runs
 from batchline.spec import PipelineSpec
@@ -139,7 +139,7 @@ class Launcher:
                 self._run_stage(stage)
             self._set_run_state(RunState.SUCCEEDED)
             return self.manifest
-        except StorageUnavailable:
+        except (StorageUnavailable, StorageMisconfigured):
             self._mark_failed_if_possible()
             raise
         finally:
@@ -150,7 +150,7 @@ class Launcher:
         # so `status` says failed rather than running when it can.
         try:
             self.manifest.set_state(RunState.FAILED)
-        except StorageUnavailable as exc:
+        except (StorageUnavailable, StorageMisconfigured) as exc:
             log.error("could not mark run %s failed in its manifest: %s", self.run_id, exc)
 
     def _run_stage(self, stage: str) -> None:

@@ -6,23 +6,41 @@ ROWS ?= 200000
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint images base-image wheelhouse podman bench bench-images clean
+.PHONY: help setup demo lock test test-fast lint images base-image wheelhouse podman bench bench-images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(BIN)/batchline: pyproject.toml
+# Two virtualenv layers: the runtime (what the demo needs) and the dev tools
+# on top (what tests and lint need), both pinned by constraints.txt so every
+# machine installs the same versions.
+$(BIN)/batchline: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@# --no-compile: Python compiles what it imports on first use; compiling every
+	@# module of pyarrow, numpy and DuckDB up front costs about half the install.
+	$(BIN)/pip install --quiet --no-compile -c constraints.txt -e '.[all]'
 	@touch $@
 
-setup: $(BIN)/batchline  ## create .venv with batchline and its dev tools
+$(VENV)/.dev-tools: $(BIN)/batchline
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
 
-demo: setup  ## generate ROWS rows of demo data and run the pipeline locally
+setup: $(VENV)/.dev-tools  ## create .venv with batchline and its dev tools
+
+demo: $(BIN)/batchline  ## generate ROWS rows of demo data and run the pipeline locally (runtime only)
 	$(BIN)/batchline demo-data --rows $(ROWS) --out demo-data
 	$(BIN)/batchline run jobs/readmission.yaml --storage batchline-data \
 	  --set stages.ingest.params.source=demo-data/encounters.csv
+
+lock:  ## refresh constraints.txt from a fresh install of .[dev]; review the diff
+	rm -rf build/lock-venv
+	$(PY) -m venv build/lock-venv
+	build/lock-venv/bin/pip install --quiet -e '.[dev]'
+	{ echo "# Exact versions for both install paths (make demo: .[all]; make setup/test: .[dev])."; \
+	  echo "# Regenerate with \`make lock\` (a fresh install of .[dev]) and review the diff."; \
+	  build/lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e '; } > constraints.txt
+	rm -rf build/lock-venv
+	git diff --stat constraints.txt
 
 test: setup podman base-image images  ## every test, slow end-to-end ones too (podman, images)
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -19,11 +19,19 @@ if [ -z "${BASE_IMAGE:-}" ]; then
     BASE_IMAGE=python:3.11-slim
   fi
 fi
+# The builder stage of each multi-stage build is left behind as an untagged
+# image of 540-800 MB; each carries this run's id, so only ours are removed
+# (other builds on the same machine may be running).
+build_id="batchline-$$-$(date +%s)"
+remove_builders() {
+  "$engine" image prune --force --filter "label=org.batchline.builder=$build_id" >/dev/null
+}
+trap remove_builders EXIT
 build() {  # name dockerfile [build args...]
   local name=$1 file=$2; shift 2
   "$engine" build --quiet --network host $format \
     --build-arg "BASE_IMAGE=$BASE_IMAGE" --build-arg "VERSION=$version" \
-    --build-arg "REVISION=$revision" "$@" \
+    --build-arg "REVISION=$revision" --build-arg "BUILD_ID=$build_id" "$@" \
     -f "$file" -t "$registry/batchline-$name:$version" build/wheelhouse >/dev/null
   echo "built $registry/batchline-$name:$version (base $BASE_IMAGE)"
 }

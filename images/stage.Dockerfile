@@ -7,6 +7,9 @@ ARG BASE_IMAGE=python:3.11-slim
 
 FROM ${BASE_IMAGE} AS install
 ARG EXTRAS=""
+# Marks this build's builder image so build-images.sh removes it (and only it) afterwards.
+ARG BUILD_ID=none
+LABEL org.batchline.builder="${BUILD_ID}"
 COPY . /wheels
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links /wheels "batchline${EXTRAS:+[$EXTRAS]}" \

@@ -7,6 +7,7 @@ on /tmp, imports what its stage needs, and carries nothing it does not need.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -79,6 +80,8 @@ def test_image_metadata_entrypoint_and_no_secrets(name: str,
     assert isinstance(labels, dict)
     assert labels["org.opencontainers.image.version"] == "0.1.0"
     assert labels["org.opencontainers.image.revision"] not in ("", "unknown")
+    # Only builder stages carry it: build-images.sh removes images by this label.
+    assert "org.batchline.builder" not in labels
     assert config["User"] == "10001:10001"
     expected = ["batchline"] if name == "launcher" else ["python", "-m", "batchline.stage"]
     assert config["Entrypoint"] == expected
@@ -106,3 +109,18 @@ def test_stage_entrypoint_takes_the_stage_name_first(stage_images: dict[str, str
                              "/tmp/absent.json"],
                             capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 2, result.stdout + result.stderr
+
+
+def test_builder_images_do_not_outlive_their_build(stage_images: dict[str, str]) -> None:
+    # A builder image carries `batchline-<pid>-<time>` of the build-images.sh run
+    # that made it; one whose process is gone was left behind.
+    ids = subprocess.run(["podman", "images", "--all", "--quiet", "--filter",
+                          "label=org.batchline.builder"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    left = []
+    for image in dict.fromkeys(ids):
+        build_id = _inspect(image)["Labels"]["org.batchline.builder"]
+        pid = int(build_id.split("-")[1]) if build_id.count("-") == 2 else 0
+        if not pid or not os.path.exists(f"/proc/{pid}"):
+            left.append(f"{image} ({build_id})")
+    assert not left, f"builder images left behind: {left}"

@@ -170,7 +170,7 @@ def test_a_read_only_disk_fails_clearly(small_disk: Path, demo_csv: Path) -> Non
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     result = run_cli("run", str(SPEC), "--storage", str(small_disk / "store"),
                      "--set", f"stages.ingest.params.source={demo_csv}")
-    assert result.returncode == 3, result.stderr
+    assert result.returncode == 3, result.stderr  # storage failed: not the spec's fault
     assert "the file system is read-only" in result.stderr and "Traceback" not in result.stderr
 
 

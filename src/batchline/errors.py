@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from batchline.causes import EXIT_BAD_INPUT, EXIT_RETRYABLE, Cause
 
+# The CLI's exit code for a run that failed for a cause other than bad input:
+# an object store that kept failing included (a stage itself exits 1 for it).
+EXIT_FAILED = 3
+
 
 class BatchlineError(Exception):
     """Base of every error batchline raises on purpose."""
@@ -38,6 +42,16 @@ class StorageError(BatchlineError):
 class StorageUnavailable(BatchlineError):
     """Storage failed for longer than the retry policy waits, or cannot be written at all
     (a full or read-only disk); resuming once it is fixed heals the run."""
+
+    exit_code = EXIT_FAILED
+
+
+class StorageMisconfigured(BatchlineError):
+    """The object store cannot be used as configured: no such bucket, no or refused
+    credentials, access denied, an unknown endpoint host, another region. Retrying
+    cannot help; the message says which setting to change."""
+
+    exit_code = EXIT_BAD_INPUT
 
 
 class RunCancelled(BatchlineError):

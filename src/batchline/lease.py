@@ -26,8 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from batchline import layout, storage
-from batchline.errors import BatchlineError, StorageUnavailable
+from batchline.errors import BatchlineError, StorageMisconfigured, StorageUnavailable
 from batchline.retry import Retry
+from batchline.storage_errors import misconfiguration, outage_advice
 
 log = logging.getLogger(__name__)
 LEASE = "lease.json"
@@ -215,11 +216,14 @@ class Lease:
     def _call(self, fn: Any, what: str) -> Any:
         try:
             return self._retry.call(fn, what, self.uri)
-        except StorageUnavailable:
+        except (StorageUnavailable, StorageMisconfigured):
             raise
         except Exception as exc:  # boto3 errors that outlasted its own retries
-            raise StorageUnavailable(f"cannot {what} the run's lease {self.uri}: {exc}; check "
-                                     "the endpoint, credentials and bucket") from exc
+            wrong = misconfiguration(exc, f"{what} the run's lease", self.uri)
+            if wrong is not None:
+                raise wrong from exc
+            raise StorageUnavailable(f"cannot {what} the run's lease {self.uri}: "
+                                     f"{outage_advice()} ({exc})") from exc
 
     def acquire(self) -> Holder:
         """Claim the run, taking over from a holder that is gone; RunLocked otherwise."""

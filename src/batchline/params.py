@@ -54,7 +54,10 @@ class IngestParams(_Params):
     @field_validator("required")
     @classmethod
     def _required_declared(cls, value: list[str], info: object) -> list[str]:
-        columns = getattr(info, "data", {}).get("columns") or {}
+        data = getattr(info, "data", {})
+        if "columns" not in data:
+            return value  # columns is itself wrong and reported; do not guess at it
+        columns = data["columns"] or {}
         missing = [c for c in value if c not in columns]
         if missing:
             raise ValueError(f"required columns {missing} are not declared in columns")

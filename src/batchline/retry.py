@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from batchline.errors import StorageUnavailable
+from batchline.storage_errors import check_host, misconfiguration, outage_advice
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,10 +65,14 @@ class Retry:
     def call(self, fn: Callable[[], T], what: str, uri: str) -> T:
         """`fn()`, retried while it fails transiently; StorageUnavailable at the end."""
         started = time.monotonic()
+        check_host(uri)
         for attempt in range(1, self.attempts + 1):
             try:
                 return fn()
             except OSError as exc:
+                wrong = misconfiguration(exc, what, uri)
+                if wrong is not None:
+                    raise wrong from exc
                 if not is_transient(exc):
                     raise StorageUnavailable(describe(exc, what, uri)) from exc
                 delay = random.uniform(0, min(self.maximum, self.initial * 2 ** attempt))  # noqa: S311
@@ -88,9 +93,7 @@ def describe(exc: OSError, what: str, uri: str) -> str:
         return (f"cannot {what} {uri}: {PERMANENT_ERRNOS[exc.errno]} ({exc.strerror}); "
                 "free space, fix permissions or point --storage elsewhere, then resume the run")
     if is_transient(exc):
-        return (f"cannot {what} {uri}: the object store kept failing ({_first_line(exc)}); "
-                "check the endpoint (AWS_ENDPOINT_URL), the network and the bucket, then "
-                "resume the run")
+        return f"cannot {what} {uri}: {outage_advice()} ({_first_line(exc)})"
     return (f"cannot {what} {uri}: {_first_line(exc)}; check the storage URI and its "
             "credentials, then resume the run")
 

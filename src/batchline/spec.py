@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -26,10 +27,14 @@ from pydantic import (
 from batchline import quantity
 from batchline.errors import SpecError
 from batchline.pipeline import Pipeline, build
+from batchline.spec_errors import did_you_mean, explain, report
 from batchline.stages import STAGES
 
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 _SET_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_-]+)*")
+_CHECKED_BY_PARSE_SPEC = "stage checks done by parse_spec"
+_HINTS = {"name": "use 1-40 lowercase letters, digits and '-', starting and ending with a "
+                  "letter or digit (it names Jobs and run ids)"}
 
 
 class _Model(BaseModel):
@@ -85,30 +90,16 @@ class PipelineSpec(_Model):
     @model_validator(mode="before")
     @classmethod
     def _legacy_backend_sections(cls, data: Any) -> Any:
-        # `kubernetes:` at the top level (specs written before `backends:`) is
-        # the same as `backends: {kubernetes: ...}`.
-        if isinstance(data, dict) and "kubernetes" in data:
-            data = dict(data)
-            section = data.pop("kubernetes") or {}
-            data["backends"] = {**(data.get("backends") or {}),
-                                "kubernetes": {**section,
-                                               **(data.get("backends") or {}).get("kubernetes",
-                                                                                   {})}}
-        return data
+        return merge_legacy_sections(data)
 
     @model_validator(mode="after")
-    def _check_stages(self) -> PipelineSpec:
-        unknown = [s for s in self.stages if s not in STAGES]
-        if unknown:
-            raise ValueError(f"stages: unknown stages {unknown}; known stages: {list(STAGES)}")
-        problems = [f"stages.{name}.shards: stage {name!r} cannot be sharded (shardable: "
-                    f"{', '.join(s for s, d in STAGES.items() if d.shardable)}); remove "
-                    "shards or set it to 1"
-                    for name, stage in self.stages.items()
-                    if stage.shards > 1 and not STAGES[name].shardable]
-        if problems:
-            raise ValueError("\n".join(problems))
-        _ = self.pipeline  # builds the graph: a missing dataset is an error here
+    def _check_stages(self, info: ValidationInfo) -> PipelineSpec:
+        # parse_spec runs these checks on the raw mapping itself, alongside the
+        # field errors, so that one layer of errors never hides another.
+        if not (info.context or {}).get(_CHECKED_BY_PARSE_SPEC):
+            problems = stage_problems(self.model_dump()) or _graph_problems(self.model_dump())
+            if problems:
+                raise ValueError("\n".join(problems))
         return self
 
     @cached_property
@@ -125,15 +116,6 @@ class PipelineSpec(_Model):
 
     def backend_options(self, backend: str) -> dict[str, Any]:
         return dict(self.backends.get(backend, {}))
-
-
-def _format_error(source: str, exc: ValidationError, prefix: tuple[str | int, ...] = ()) -> str:
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in (*prefix, *err["loc"]))
-        message = str(err["msg"]).removeprefix("Value error, ")
-        lines.append(f"  {path}: {message}" if path else f"  {message}")
-    return f"{source}: invalid pipeline spec\n" + "\n".join(lines)
 
 
 def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -159,31 +141,96 @@ def _env_overrides() -> dict[str, Any]:
     return out
 
 
+def merge_legacy_sections(data: Any) -> Any:
+    """`kubernetes:` at the top level (specs written before `backends:`) is the
+    same as `backends: {kubernetes: ...}`."""
+    if isinstance(data, dict) and "kubernetes" in data:
+        data = dict(data)
+        section = data.pop("kubernetes") or {}
+        backends = data.get("backends") or {}
+        if isinstance(backends, dict):
+            if isinstance(section, dict):  # anything else is reported as not a mapping
+                section = {**section, **(backends.get("kubernetes") or {})}
+            data["backends"] = {**backends, "kubernetes": section}
+    return data
+
+
+def stage_problems(data: dict[str, Any]) -> list[str]:
+    """Unknown stage names, shards on a stage that cannot be sharded, bad params.
+
+    Works on the raw mapping so that it runs even when other fields are wrong.
+    """
+    stages = data.get("stages")
+    if not isinstance(stages, dict):
+        return []
+    problems = []
+    for name, raw in stages.items():
+        if name not in STAGES:
+            problems.append(f"stages.{name}: unknown stage {name!r}"
+                            f"{did_you_mean(name, STAGES)} (stages: {', '.join(STAGES)})")
+            continue
+        raw = raw if isinstance(raw, dict) else {}
+        shards = raw.get("shards")
+        if isinstance(shards, int) and shards > 1 and not STAGES[name].shardable:
+            shardable = ", ".join(s for s, d in STAGES.items() if d.shardable)
+            problems.append(f"stages.{name}.shards: stage {name!r} cannot be sharded "
+                            f"(shardable: {shardable}); remove shards or set it to 1")
+        params = raw.get("params")
+        if isinstance(params, dict):
+            model = STAGES[name].params
+            try:
+                model(**params)
+            except ValidationError as exc:
+                problems += explain(exc, model, ("stages", name, "params"))
+    return problems
+
+
+def _graph_problems(data: dict[str, Any]) -> list[str]:
+    """A dataset no stage writes, an unknown input: checked once every name is known."""
+    stages = data.get("stages")
+    if not isinstance(stages, dict) or not stages or any(s not in STAGES for s in stages):
+        return []
+    inputs = {name: (raw or {}).get("inputs") or {} for name, raw in stages.items()
+              if isinstance(raw, dict | None)}
+    if any(not isinstance(v, dict) for v in inputs.values()):
+        return []  # reported as a field error
+    try:
+        build(list(stages), inputs)
+    except ValueError as exc:
+        return str(exc).splitlines()
+    return []
+
+
+def _backend_problems(data: dict[str, Any]) -> list[str]:
+    from batchline.backends import option_problems
+
+    backends = data.get("backends")
+    if not isinstance(backends, dict):
+        return []
+    return [line for name, options in backends.items() if isinstance(options, dict | None)
+            for line in option_problems(name, options or {}, f"backends.{name}")]
+
+
 def parse_spec(data: Any, source: str = "<spec>",
                overrides: dict[str, Any] | None = None) -> PipelineSpec:
-    """Validate a spec mapping; raise SpecError naming every bad field path."""
+    """Validate a spec mapping; raise one SpecError listing every problem at once."""
     if not isinstance(data, dict):
         raise SpecError(f"{source}: a pipeline spec is a YAML mapping, got {type(data).__name__}")
     for key, value in {**_env_overrides(), **(overrides or {})}.items():
         _set_path(data, key, value)
+    data = merge_legacy_sections(data)
+    problems: list[str] = []
+    spec = None
     try:
-        spec = PipelineSpec.model_validate(data)
+        spec = PipelineSpec.model_validate(data, context={_CHECKED_BY_PARSE_SPEC: True})
     except ValidationError as exc:
-        raise SpecError(_format_error(source, exc)) from None
-    for stage, stage_spec in spec.stages.items():
-        try:
-            STAGES[stage].params(**stage_spec.params)
-        except ValidationError as exc:
-            raise SpecError(_format_error(source, exc, ("stages", stage, "params"))) from None
-    _check_backend_options(spec, source)
+        problems += explain(exc, PipelineSpec, hints=_HINTS)
+    problems += stage_problems(data)
+    problems += _graph_problems(data)
+    problems += _backend_problems(data)
+    if problems or spec is None:
+        raise SpecError(report(source, problems))
     return spec
-
-
-def _check_backend_options(spec: PipelineSpec, source: str) -> None:
-    from batchline.backends import validate_options
-
-    for name, options in spec.backends.items():
-        validate_options(name, options, f"{source}: backends.{name}")
 
 
 def load_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> PipelineSpec:

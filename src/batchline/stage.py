@@ -32,6 +32,7 @@ from batchline.errors import BatchlineError, SpecError, StorageError
 from batchline.retry import PERMANENT_ERRNOS, describe, is_transient
 from batchline.stages import STAGES
 from batchline.storage import read_text
+from batchline.storage_errors import misconfiguration
 from batchline.task import StageTask
 
 log = logging.getLogger("batchline.stage")
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     except BatchlineError as exc:
         log.error("stage %s: %s", args.stage, exc)
         print(json.dumps({"ok": False, "error": str(exc)}), file=sys.stderr)
-        return exc.exit_code
+        # A stage speaks the stage contract (2 never retried, 1 retried), not the CLI's.
+        return EXIT_BAD_INPUT if exc.exit_code == EXIT_BAD_INPUT else EXIT_RETRYABLE
     except ValidationError as exc:
         # The stage's params, checked again where they are used (a task written
         # by hand, or by another batchline version): a spec error, never retried.
@@ -145,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("stage %s: out of memory", args.stage)
         return EXIT_OOM
     except OSError as exc:
+        wrong = misconfiguration(exc, "read or write", exc.filename or "its data")
+        if wrong is not None:  # no bucket, refused credentials: no retry can heal it
+            log.error("stage %s: %s", args.stage, wrong)
+            print(json.dumps({"ok": False, "error": str(wrong)}), file=sys.stderr)
+            return EXIT_BAD_INPUT
         if exc.errno not in PERMANENT_ERRNOS and not is_transient(exc):
             log.exception("stage %s: unexpected error", args.stage)
             return EXIT_RETRYABLE

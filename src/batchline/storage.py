@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from batchline.errors import StorageError, StorageUnavailable
 from batchline.retry import Retry
+from batchline.storage_errors import check_bucket
 
 log = logging.getLogger(__name__)
 SUCCESS = "_SUCCESS.json"
@@ -111,6 +112,7 @@ def read_bytes(uri: str) -> bytes:
         return _retry().call(read, "read", uri)
     except StorageUnavailable as exc:
         if isinstance(exc.__cause__, FileNotFoundError):
+            check_bucket(fs, uri)
             raise StorageError(f"{uri} does not exist") from None
         raise
 
@@ -185,7 +187,10 @@ def list_dir(uri: str) -> list[str]:
         except FileNotFoundError:
             return []
         return sorted(info.base_name for info in infos)
-    return _retry().call(names, "list", uri)
+    found = _retry().call(names, "list", uri)
+    if not found:
+        check_bucket(fs, uri)  # an empty listing of a bucket that does not exist
+    return found
 
 
 def schema_hash(schema: pa.Schema) -> str:

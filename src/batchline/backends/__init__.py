@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from batchline.errors import SpecError
+from batchline.spec_errors import did_you_mean, explain
 
 if TYPE_CHECKING:
     from batchline.backends.base import Backend
@@ -33,23 +34,33 @@ def _module(name: str, where: str = "--backend") -> ModuleType:
         target = BACKENDS[name]
     except KeyError:
         known = ", ".join(BACKENDS)
-        raise SpecError(f"{where}: unknown backend {name!r}; choose one of: {known}") from None
+        raise SpecError(f"{where}: unknown backend {name!r}{did_you_mean(name, BACKENDS)} "
+                        f"(backends: {known})") from None
     return importlib.import_module(target)
+
+
+def option_problems(name: str, options: dict[str, Any], where: str) -> list[str]:
+    """Every problem with a backend's options, one `path: message` line each."""
+    from pydantic import ValidationError
+
+    try:
+        module = _module(name, where)
+    except SpecError as exc:
+        return [str(exc)]
+    try:
+        module.Options(**options)
+    except ValidationError as exc:
+        return explain(exc, module.Options, tuple(where.split(".")))
+    return []
 
 
 def validate_options(name: str, options: dict[str, Any], where: str) -> Any:
     """The backend's Options built from `options`; a SpecError naming each bad one."""
-    from pydantic import ValidationError
-
-    module = _module(name, where)
-    try:
-        return module.Options(**options)
-    except ValidationError as exc:
-        fields = ", ".join(module.Options.model_fields)
-        lines = [f"  {where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                 for e in exc.errors()]
-        raise SpecError(f"invalid options for the {name} backend (its options: {fields})\n"
-                        + "\n".join(lines)) from None
+    problems = option_problems(name, options, where)
+    if problems:
+        raise SpecError(f"invalid options for the {name} backend\n"
+                        + "\n".join(f"  {line}" for line in problems))
+    return _module(name, where).Options(**options)
 
 
 def get_backend(name: str, options: dict[str, Any] | None = None,

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from batchline import layout, storage
 from batchline.causes import Cause
-from batchline.errors import StorageUnavailable
+from batchline.errors import StorageMisconfigured, StorageUnavailable
 from batchline.task import StageResult, StageTask
 
 log = logging.getLogger(__name__)
@@ -196,9 +196,9 @@ class Backend(abc.ABC, Generic[H]):
                                  shard if task.shard_count > 1 else None)
             try:
                 storage.write_text(uri, text)
-            except StorageUnavailable as exc:
+            except (StorageUnavailable, StorageMisconfigured) as exc:
                 local = keep_locally(task, shard, text)
-                raise StorageUnavailable(f"{exc}\nThe stage's log is kept at {local}") from exc
+                raise type(exc)(f"{exc}\nThe stage's log is kept at {local}") from exc
             kept.append(uri)
         return kept
 

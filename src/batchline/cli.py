@@ -7,6 +7,7 @@ code (2 for bad input), never a traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -373,23 +374,35 @@ def render(spec_path: Annotated[str, typer.Argument(metavar="SPEC")],
            set_: Annotated[list[str] | None, typer.Option("--set")] = None,
            option: OptionOpt = None,
            secret: SecretOpt = None) -> None:
-    """Print one run's Kubernetes Jobs as YAML, for people who submit with kubectl."""
+    """Print one run's Kubernetes Jobs as YAML (for kubectl), or with --backend sagemaker
+    its Create*Job requests and IAM policies as JSON (for the aws CLI)."""
     def body() -> None:
         import yaml
 
         from batchline.backends import validate_options
-        from batchline.render import render_run
+        from batchline.render import render_run, render_sagemaker
 
-        if backend != "kubernetes":
-            raise SpecError("render supports --backend kubernetes only")
+        if backend not in ("kubernetes", "sagemaker"):
+            raise SpecError("render supports --backend kubernetes and --backend sagemaker")
         spec = load_spec(spec_path, parse_set(set_ or []))
         rid = layout.check_run_id(run_id) if run_id is not None else layout.new_run_id(spec.name)
         root = _root(storage_opt, spec)
         _require_remote(spec, root, backend)
-        options = validate_options(backend, _backend_options(backend, spec, {"secret": secret},
-                                                             option), "--option")
-        docs = render_run(spec, rid, root, options)
-        sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+        given = _backend_options(backend, spec, {"secret": secret}, option)
+        options = validate_options(backend, given, "--option")
+        if backend == "kubernetes":
+            sys.stdout.write(yaml.safe_dump_all(render_run(spec, rid, root, options),
+                                                sort_keys=False))
+            return
+        from batchline.backends.sagemaker_job import SageMakerOptions
+
+        # Only what the spec and --option say: nothing from this shell's
+        # environment ends up in requests meant for another account.
+        try:
+            rendered = render_sagemaker(spec, rid, root, SageMakerOptions(**given))
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        sys.stdout.write(json.dumps(rendered, indent=2) + "\n")
     _guard(body)
 
 

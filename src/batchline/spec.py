@@ -29,6 +29,8 @@ from batchline.pipeline import Pipeline, build
 from batchline.stages import STAGES
 
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+# Backends whose options may also sit at the top level of a spec.
+TOP_LEVEL_BACKENDS = ("kubernetes", "sagemaker")
 _SET_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_-]+)*")
 
 
@@ -84,16 +86,17 @@ class PipelineSpec(_Model):
 
     @model_validator(mode="before")
     @classmethod
-    def _legacy_backend_sections(cls, data: Any) -> Any:
-        # `kubernetes:` at the top level (specs written before `backends:`) is
-        # the same as `backends: {kubernetes: ...}`.
-        if isinstance(data, dict) and "kubernetes" in data:
-            data = dict(data)
-            section = data.pop("kubernetes") or {}
-            data["backends"] = {**(data.get("backends") or {}),
-                                "kubernetes": {**section,
-                                               **(data.get("backends") or {}).get("kubernetes",
-                                                                                   {})}}
+    def _backend_sections(cls, data: Any) -> Any:
+        # `kubernetes:` or `sagemaker:` at the top level is the same as
+        # `backends: {kubernetes: ...}` (keys under `backends:` win).
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for name in TOP_LEVEL_BACKENDS:
+            if name in data:
+                section = data.pop(name) or {}
+                backends = data.get("backends") or {}
+                data["backends"] = {**backends, name: {**section, **backends.get(name, {})}}
         return data
 
     @model_validator(mode="after")

@@ -179,6 +179,11 @@ class SageMakerBackend(Backend[SageMakerHandle]):
                  task.stage, kind, name)
         return job
 
+    def memory_limit(self, task: StageTask) -> str:
+        """A job has its instance's memory, whatever stages.<stage>.resources.memory says."""
+        return (f"the {self.options.instance_for(task.stage)} instance (choose a larger one "
+                f"with sagemaker.instance_types.{task.stage})")
+
     # -- poll -----------------------------------------------------------------
 
     def poll(self, handle: SageMakerHandle, timeout: float) -> Outcome | Phase:

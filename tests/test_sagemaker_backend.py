@@ -1,0 +1,126 @@
+"""The SageMaker backend against a SageMaker that really runs the images.
+
+`SageMakerHarness` (tests/sagemaker_harness.py) serves the SageMaker API on
+loopback and runs every job's real stage image with podman under the /opt/ml
+contract; S3 and CloudWatch Logs are moto's server. The launcher, the backend
+and the unmodified SDK core are the real ones.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from conftest import fingerprints, sagemaker_backend
+from test_backend_contract import spec_with, upload_demo, upload_wide_parquet
+
+from batchline import layout, storage
+from batchline.backends import get_backend
+from batchline.causes import Cause
+from batchline.errors import StageFailed
+from batchline.launcher import Launcher
+from batchline.manifest import RunManifest
+
+pytestmark = [pytest.mark.slow, pytest.mark.podman]
+
+
+def attempts(manifest: RunManifest, stage: str) -> list[tuple[int, Any, int | None]]:
+    return [(a.number, a.cause, a.exit_code) for a in manifest.stage(stage).attempts]
+
+
+def test_demo_on_sagemaker_gives_the_local_fingerprints(sagemaker_harness: Any,
+                                                        s3_bucket: str, demo_csv: Path) -> None:
+    spec = spec_with(upload_demo(demo_csv, s3_bucket), stages__score__shards=2)
+    run_id = f"e2e-{uuid.uuid4().hex[:6]}"
+    on_sagemaker = f"{s3_bucket}/sagemaker"
+    manifest = Launcher(spec, on_sagemaker, sagemaker_backend(), run_id).run()
+    assert manifest.state == "succeeded"
+    local = f"{s3_bucket}/local"
+    Launcher(spec, local, get_backend("local"), run_id).run()
+    assert fingerprints(on_sagemaker, run_id) == fingerprints(local, run_id)
+
+    jobs = {j.name: j for j in sagemaker_harness.jobs.values() if j.name.startswith(run_id)}
+    shapes = {name: (j.kind, j.instances["InstanceCount"], j.status) for name, j in jobs.items()}
+    assert shapes == {f"{run_id}-ingest-a1": ("processing", 1, "Completed"),
+                      f"{run_id}-features-a1": ("processing", 1, "Completed"),
+                      f"{run_id}-train-a1": ("training", 1, "Completed"),
+                      f"{run_id}-score-a1": ("processing", 2, "Completed")}
+    # SageMaker keeps the trained model next to its own records, as model.tar.gz.
+    train = jobs[f"{run_id}-train-a1"]
+    assert train.model_uri == f"{on_sagemaker}/runs/{run_id}/train/sagemaker/{train.name}" \
+        "/output/model.tar.gz"
+    bucket, _, key = train.model_uri.removeprefix("s3://").partition("/")
+    body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        kept = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    model = manifest.stage("train").outputs["model"]
+    committed = {uri.rsplit("/", 1)[-1]: storage.read_bytes(uri)
+                 for uri in storage.file_uris(model)}
+    assert kept == committed and kept
+    # Each host's CloudWatch stream is kept as its shard's log.
+    for shard in (0, 1):
+        text = storage.read_text(layout.log_uri(on_sagemaker, run_id, "score", 1, shard))
+        assert f"shard {shard}/2" in text
+    assert "stage train: starting" in storage.read_text(
+        layout.log_uri(on_sagemaker, run_id, "train", 1))
+
+
+def test_faults_are_reported_with_their_cause_and_retried_by_the_rules(
+        sagemaker_harness: Any, s3_bucket: str, demo_csv: Path) -> None:
+    """One run meets a lost create response, throttled describes and a capacity error
+    (ingest), and a spot interruption (train)."""
+    harness = sagemaker_harness
+    spec = spec_with(upload_demo(demo_csv, s3_bucket))
+    run_id = f"faults-{uuid.uuid4().hex[:6]}"
+    root = f"{s3_bucket}/faults"
+    harness.lose_response("CreateProcessingJob")
+    harness.capacity_error()
+    harness.interrupt_spot("training")
+    harness.throttle("DescribeProcessingJob", 3)
+    creates = harness.calls["CreateProcessingJob"]
+    describes = harness.calls["DescribeProcessingJob"]
+    manifest = Launcher(spec, root, sagemaker_backend(spot=True), run_id,
+                        ["ingest", "features", "train"]).run()
+    assert harness.pending_faults() == {}
+    # Capacity: unschedulable, retried with a new job.
+    assert attempts(manifest, "ingest") == [(1, Cause.UNSCHEDULABLE, None),
+                                            (2, Cause.SUCCEEDED, 0)]
+    assert "CapacityError" in manifest.stage("ingest").attempts[0].message
+    # The lost response: the SDK sent the create again, the backend adopted the job.
+    assert harness.calls["CreateProcessingJob"] - creates == 4  # ingest a1 twice, a2, features
+    assert [n for n in harness.jobs if n.startswith(f"{run_id}-ingest")] == [
+        f"{run_id}-ingest-a1", f"{run_id}-ingest-a2"]
+    # Throttling: retried by the SDK's client, unseen by the launcher.
+    assert harness.calls["DescribeProcessingJob"] - describes > 3
+    assert attempts(manifest, "features") == [(1, Cause.SUCCEEDED, 0)]
+    # Spot interruption: evicted, retried without using up a retry.
+    assert attempts(manifest, "train") == [(1, Cause.EVICTED, None), (2, Cause.SUCCEEDED, 0)]
+    train = harness.jobs[f"{run_id}-train-a1"]
+    assert (train.status, train.secondary) == ("Failed", "Interrupted")
+    assert train.request["EnableManagedSpotTraining"] is True
+    assert manifest.state == "succeeded"
+
+
+def test_out_of_memory_names_the_instance_type(sagemaker_harness: Any, s3_bucket: str) -> None:
+    spec = spec_with(upload_wide_parquet(s3_bucket),
+                     stages__ingest__params__format="parquet",
+                     stages__ingest__params__columns={"encounter_id": "int64", "note": "string"},
+                     stages__ingest__params__required=["encounter_id"],
+                     stages__ingest__retries=0)
+    run_id = f"oom-{uuid.uuid4().hex[:6]}"
+    root = f"{s3_bucket}/oom"
+    backend = sagemaker_backend(instance_types={"ingest": "ml.t3.medium"})
+    with pytest.raises(StageFailed) as failed:
+        Launcher(spec, root, backend, run_id, ["ingest"]).run()
+    assert failed.value.cause is Cause.OUT_OF_MEMORY
+    message = str(failed.value)
+    assert "ml.t3.medium" in message and "sagemaker.instance_types.ingest" in message
+    manifest = RunManifest.load(root, run_id)
+    assert attempts(manifest, "ingest") == [(1, Cause.OUT_OF_MEMORY, 137)]
+    job = sagemaker_harness.jobs[f"{run_id}-ingest-a1"]
+    assert "instance type with more memory" in job.failure_reason

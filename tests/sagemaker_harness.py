@@ -193,6 +193,11 @@ class SageMakerHarness:
         """Reclaim the instance of the next `times` jobs of `kind` once their stage started."""
         self._faults[f"spot:{kind}"] += times
 
+    def terminate_host(self, job: str, host: str) -> None:
+        """SIGTERM one host's container of job `job` once its stage has started (a worker
+        terminated mid-run); the other hosts run on."""
+        self._faults[f"term:{job}/{host}"] += 1
+
     def pending_faults(self) -> dict[str, int]:
         """Faults asked for and not dealt out yet."""
         return {k: v for k, v in self._faults.items() if v}
@@ -386,6 +391,9 @@ class SageMakerHarness:
                     reason = "deadline"
                 elif spot and any("starting" in t for t in texts.values()):
                     reason = "spot"
+            for host in hosts:
+                if "starting" in texts[host] and self._take(f"term:{job.name}/{host}"):
+                    self._podman("kill", "--signal", "TERM", f"{job.name}-{host}", check=False)
             if reason:
                 ended = reason
                 signal = ["kill"] if reason == "spot" else ["stop", "--time",

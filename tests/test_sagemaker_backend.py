@@ -33,77 +33,83 @@ def attempts(manifest: RunManifest, stage: str) -> list[tuple[int, Any, int | No
     return [(a.number, a.cause, a.exit_code) for a in manifest.stage(stage).attempts]
 
 
-def test_demo_on_sagemaker_gives_the_local_fingerprints(sagemaker_harness: Any,
-                                                        s3_bucket: str, demo_csv: Path) -> None:
+def test_demo_on_sagemaker_gives_the_local_fingerprints_through_every_fault(
+        sagemaker_harness: Any, s3_bucket: str, demo_csv: Path) -> None:
+    """The whole demo as SageMaker jobs, meeting on the way a lost create response,
+    throttled describes and a capacity error (ingest), a spot interruption (train) and
+    a host terminated mid-run (score, 2 shards on 2 instances): each is reported with
+    its cause and retried (or not) by the rules, and the committed outputs are still
+    byte for byte those of the local backend. (One run for all: CI time.)"""
+    harness = sagemaker_harness
     spec = spec_with(upload_demo(demo_csv, s3_bucket), stages__score__shards=2)
     run_id = f"e2e-{uuid.uuid4().hex[:6]}"
     on_sagemaker = f"{s3_bucket}/sagemaker"
-    manifest = Launcher(spec, on_sagemaker, sagemaker_backend(), run_id).run()
+    harness.lose_response("CreateProcessingJob")
+    harness.throttle("DescribeProcessingJob", 3)
+    harness.capacity_error()
+    harness.interrupt_spot("training")
+    harness.terminate_host(f"{run_id}-score-a1", "algo-2")
+    creates, describes = harness.calls["CreateProcessingJob"], \
+        harness.calls["DescribeProcessingJob"]
+    manifest = Launcher(spec, on_sagemaker, sagemaker_backend(spot=True), run_id).run()
     assert manifest.state == "succeeded"
+    assert harness.pending_faults() == {}
     local = f"{s3_bucket}/local"
     Launcher(spec, local, get_backend("local"), run_id).run()
     assert fingerprints(on_sagemaker, run_id) == fingerprints(local, run_id)
 
-    jobs = {j.name: j for j in sagemaker_harness.jobs.values() if j.name.startswith(run_id)}
-    shapes = {name: (j.kind, j.instances["InstanceCount"], j.status) for name, j in jobs.items()}
-    assert shapes == {f"{run_id}-ingest-a1": ("processing", 1, "Completed"),
-                      f"{run_id}-features-a1": ("processing", 1, "Completed"),
-                      f"{run_id}-train-a1": ("training", 1, "Completed"),
-                      f"{run_id}-score-a1": ("processing", 2, "Completed")}
+    jobs = {j.name: j for j in harness.jobs.values() if j.name.startswith(run_id)}
+    shapes = {name: (j.kind, j.instances["InstanceCount"], j.status, j.exit_codes)
+              for name, j in jobs.items()}
+    assert shapes == {
+        f"{run_id}-ingest-a1": ("processing", 1, "Failed", []),  # never got an instance
+        f"{run_id}-ingest-a2": ("processing", 1, "Completed", [0]),
+        f"{run_id}-features-a1": ("processing", 1, "Completed", [0]),
+        f"{run_id}-train-a1": ("training", 1, "Failed", [137]),  # reclaimed: SIGKILL
+        f"{run_id}-train-a2": ("training", 1, "Completed", [0]),
+        f"{run_id}-score-a1": ("processing", 2, "Failed", [0, 143]),
+        f"{run_id}-score-a2": ("processing", 2, "Completed", [0, 0])}
+
+    # Capacity: unschedulable, retried with a new job.
+    assert attempts(manifest, "ingest") == [(1, Cause.UNSCHEDULABLE, None),
+                                            (2, Cause.SUCCEEDED, 0)]
+    assert "CapacityError" in manifest.stage("ingest").attempts[0].message
+    # The lost response: the SDK sent the create again, the backend adopted the
+    # job it had made (one job ingest-a1, above); throttling was retried by the
+    # SDK's client, unseen by the launcher.
+    # ingest-a1 twice, then ingest-a2, features-a1, score-a1, score-a2
+    assert harness.calls["CreateProcessingJob"] - creates == 6
+    assert harness.calls["DescribeProcessingJob"] - describes > 3
+    assert attempts(manifest, "features") == [(1, Cause.SUCCEEDED, 0)]
+    # Spot interruption: evicted, retried without using up a retry.
+    assert attempts(manifest, "train") == [(1, Cause.EVICTED, None), (2, Cause.SUCCEEDED, 0)]
+    assert jobs[f"{run_id}-train-a1"].secondary == "Interrupted"
+    assert jobs[f"{run_id}-train-a1"].request["EnableManagedSpotTraining"] is True
+    # A terminated host fails its job (exit 143, retryable); the next attempt's
+    # host 1 finds its shard committed and does nothing: only shard 1 is recomputed.
+    assert attempts(manifest, "score") == [(1, Cause.USER_ERROR, 143), (2, Cause.SUCCEEDED, 0)]
+    assert "committed by an earlier attempt" in storage.read_text(
+        layout.log_uri(on_sagemaker, run_id, "score", 2, 0))
+    assert "committed by an earlier attempt" not in storage.read_text(
+        layout.log_uri(on_sagemaker, run_id, "score", 2, 1))
+    # Each host's CloudWatch stream is kept as its shard's log.
+    for shard in (0, 1):
+        text = storage.read_text(layout.log_uri(on_sagemaker, run_id, "score", 1, shard))
+        assert f"shard {shard}/2" in text
+
     # SageMaker keeps the trained model next to its own records, as model.tar.gz.
-    train = jobs[f"{run_id}-train-a1"]
+    train = jobs[f"{run_id}-train-a2"]
     assert train.model_uri == f"{on_sagemaker}/runs/{run_id}/train/sagemaker/{train.name}" \
         "/output/model.tar.gz"
     bucket, _, key = train.model_uri.removeprefix("s3://").partition("/")
     body = boto3.client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-        kept = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+        kept = {m.name: tar.extractfile(m).read()  # type: ignore[union-attr]
+                for m in tar.getmembers()}
     model = manifest.stage("train").outputs["model"]
     committed = {uri.rsplit("/", 1)[-1]: storage.read_bytes(uri)
                  for uri in storage.file_uris(model)}
     assert kept == committed and kept
-    # Each host's CloudWatch stream is kept as its shard's log.
-    for shard in (0, 1):
-        text = storage.read_text(layout.log_uri(on_sagemaker, run_id, "score", 1, shard))
-        assert f"shard {shard}/2" in text
-    assert "stage train: starting" in storage.read_text(
-        layout.log_uri(on_sagemaker, run_id, "train", 1))
-
-
-def test_faults_are_reported_with_their_cause_and_retried_by_the_rules(
-        sagemaker_harness: Any, s3_bucket: str, demo_csv: Path) -> None:
-    """One run meets a lost create response, throttled describes and a capacity error
-    (ingest), and a spot interruption (train)."""
-    harness = sagemaker_harness
-    spec = spec_with(upload_demo(demo_csv, s3_bucket))
-    run_id = f"faults-{uuid.uuid4().hex[:6]}"
-    root = f"{s3_bucket}/faults"
-    harness.lose_response("CreateProcessingJob")
-    harness.capacity_error()
-    harness.interrupt_spot("training")
-    harness.throttle("DescribeProcessingJob", 3)
-    creates = harness.calls["CreateProcessingJob"]
-    describes = harness.calls["DescribeProcessingJob"]
-    manifest = Launcher(spec, root, sagemaker_backend(spot=True), run_id,
-                        ["ingest", "features", "train"]).run()
-    assert harness.pending_faults() == {}
-    # Capacity: unschedulable, retried with a new job.
-    assert attempts(manifest, "ingest") == [(1, Cause.UNSCHEDULABLE, None),
-                                            (2, Cause.SUCCEEDED, 0)]
-    assert "CapacityError" in manifest.stage("ingest").attempts[0].message
-    # The lost response: the SDK sent the create again, the backend adopted the job.
-    assert harness.calls["CreateProcessingJob"] - creates == 4  # ingest a1 twice, a2, features
-    assert [n for n in harness.jobs if n.startswith(f"{run_id}-ingest")] == [
-        f"{run_id}-ingest-a1", f"{run_id}-ingest-a2"]
-    # Throttling: retried by the SDK's client, unseen by the launcher.
-    assert harness.calls["DescribeProcessingJob"] - describes > 3
-    assert attempts(manifest, "features") == [(1, Cause.SUCCEEDED, 0)]
-    # Spot interruption: evicted, retried without using up a retry.
-    assert attempts(manifest, "train") == [(1, Cause.EVICTED, None), (2, Cause.SUCCEEDED, 0)]
-    train = harness.jobs[f"{run_id}-train-a1"]
-    assert (train.status, train.secondary) == ("Failed", "Interrupted")
-    assert train.request["EnableManagedSpotTraining"] is True
-    assert manifest.state == "succeeded"
 
 
 def test_out_of_memory_names_the_instance_type(sagemaker_harness: Any, s3_bucket: str) -> None:

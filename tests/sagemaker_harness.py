@@ -26,8 +26,9 @@ runs each job's image under SageMaker's container contract:
 
 Faults a test can ask for: throttling of an action, a lost response to a
 create (the job is made, the connection is dropped), a capacity error, a
-spot interruption. Instance memory comes from `instance_memory` (a test may
-make an instance type small to provoke an out-of-memory kill).
+spot interruption, a host terminated mid-run, a status nobody knows.
+Instance memory comes from `instance_memory` (a test may make an instance
+type small to provoke an out-of-memory kill).
 """
 
 from __future__ import annotations
@@ -198,6 +199,10 @@ class SageMakerHarness:
         terminated mid-run); the other hosts run on."""
         self._faults[f"term:{job}/{host}"] += 1
 
+    def unknown_status(self, job: str, times: int = 1) -> None:
+        """Describe job `job` the next `times` times with a status no SDK knows yet."""
+        self._faults[f"unknown:{job}"] += times
+
     def pending_faults(self) -> dict[str, int]:
         """Faults asked for and not dealt out yet."""
         return {k: v for k, v in self._faults.items() if v}
@@ -265,6 +270,9 @@ class SageMakerHarness:
             raise ApiError("ValidationException", f"Requested resource not found: "
                            f"{body.get(key)}", 400)
         if action.startswith("Describe"):
+            if self._take(f"unknown:{job.name}"):
+                status = "TrainingJobStatus" if kind == "training" else "ProcessingJobStatus"
+                return {**job.describe(), status: "Paused", "SecondaryStatus": "Hibernating"}
             return job.describe()
         if action.startswith("Stop"):
             if job.status != "InProgress":

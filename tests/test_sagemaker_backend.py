@@ -92,6 +92,10 @@ def test_demo_on_sagemaker_gives_the_local_fingerprints_through_every_fault(
         layout.log_uri(on_sagemaker, run_id, "score", 2, 0))
     assert "committed by an earlier attempt" not in storage.read_text(
         layout.log_uri(on_sagemaker, run_id, "score", 2, 1))
+    # The harness lists what it ran, as ListTrainingJobs does.
+    listed = boto3.client("sagemaker").list_training_jobs()["TrainingJobSummaries"]
+    assert {j["TrainingJobName"] for j in listed} >= {f"{run_id}-train-a1",
+                                                      f"{run_id}-train-a2"}
     # Each host's CloudWatch stream is kept as its shard's log.
     for shard in (0, 1):
         text = storage.read_text(layout.log_uri(on_sagemaker, run_id, "score", 1, shard))
@@ -112,7 +116,8 @@ def test_demo_on_sagemaker_gives_the_local_fingerprints_through_every_fault(
     assert kept == committed and kept
 
 
-def test_out_of_memory_names_the_instance_type(sagemaker_harness: Any, s3_bucket: str) -> None:
+def test_out_of_memory_names_the_instance_type(sagemaker_harness: Any, s3_bucket: str,
+                                              caplog: pytest.LogCaptureFixture) -> None:
     spec = spec_with(upload_wide_parquet(s3_bucket),
                      stages__ingest__params__format="parquet",
                      stages__ingest__params__columns={"encounter_id": "int64", "note": "string"},
@@ -121,6 +126,8 @@ def test_out_of_memory_names_the_instance_type(sagemaker_harness: Any, s3_bucket
     run_id = f"oom-{uuid.uuid4().hex[:6]}"
     root = f"{s3_bucket}/oom"
     backend = sagemaker_backend(instance_types={"ingest": "ml.t3.medium"})
+    # On the way, a status no SDK knows yet: reported once, waited through.
+    sagemaker_harness.unknown_status(f"{run_id}-ingest-a1", times=3)
     with pytest.raises(StageFailed) as failed:
         Launcher(spec, root, backend, run_id, ["ingest"]).run()
     assert failed.value.cause is Cause.OUT_OF_MEMORY
@@ -130,3 +137,7 @@ def test_out_of_memory_names_the_instance_type(sagemaker_harness: Any, s3_bucket
     assert attempts(manifest, "ingest") == [(1, Cause.OUT_OF_MEMORY, 137)]
     job = sagemaker_harness.jobs[f"{run_id}-ingest-a1"]
     assert "instance type with more memory" in job.failure_reason
+    assert sagemaker_harness.pending_faults() == {}
+    unknown = [r.getMessage() for r in caplog.records if "unknown status" in r.getMessage()]
+    # (a Processing Job has no secondary status: the SDK drops the harness's one)
+    assert len(unknown) == 1 and "unknown status Paused" in unknown[0]

@@ -187,6 +187,13 @@ def test_missing_role_and_bad_instance_types_name_the_field() -> None:
         load_spec(SPEC, {"sagemaker.instance_type": "m5.large"})
 
 
+def test_the_backend_needs_a_role_before_any_job() -> None:
+    from batchline.backends import get_backend
+
+    with pytest.raises(SpecError, match="backends.sagemaker.role_arn is not set"):
+        get_backend("sagemaker", {"instance_type": "ml.c5.xlarge"})
+
+
 def test_the_spec_takes_a_sagemaker_section() -> None:
     spec = load_spec(SPEC, {"sagemaker": {"role_arn": ROLE, "spot": True,
                                           "instance_types": {"ingest": "ml.c5.xlarge"}}})

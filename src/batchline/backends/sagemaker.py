@@ -120,6 +120,11 @@ class SageMakerBackend(Backend[SageMakerHandle]):
     def __init__(self, options: Options | None = None, *, session: Any = None,
                  **fields: Any) -> None:
         self.options = options or Options(**fields)
+        if not self.options.role_arn:  # fail before any job, not at the first submit
+            raise SpecError("backends.sagemaker.role_arn is not set: name the execution role "
+                            "the jobs run as (spec `sagemaker: {role_arn: ...}` or --option "
+                            "role_arn=arn:aws:iam::<account>:role/<name>); `batchline render "
+                            "--backend sagemaker` prints the policy it needs")
         self.poll_seconds = self.options.poll_seconds
         _resources()
         import boto3

@@ -74,6 +74,9 @@ def _resources() -> ModuleType:
             import sagemaker.core.resources as resources
         except ImportError as exc:
             raise BackendError(INSTALL_HINT) from exc
+        # The SDK logs at INFO on its own handler ("Not applying SDK defaults
+        # from ..."); a run's output keeps to one line per state change.
+        logging.getLogger("sagemaker.config").setLevel(logging.WARNING)
         _SDK["resources"] = resources
     return _SDK["resources"]
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from conftest import ingest_task
 
@@ -21,6 +25,20 @@ from batchline.stage import main
 from batchline.task import StageTask
 
 COLUMNS = {"id": "int64", "name": "string"}
+
+
+@pytest.fixture(autouse=True)
+def _restore_this_process() -> Iterator[None]:
+    """main() runs here as in a stage process: it writes the CPU policy into os.environ
+    (OMP_NUM_THREADS, inherited by every later child: a stage run by the local backend
+    in a later test would train with other threads), sizes Arrow's pool and handles
+    SIGTERM. Undo all three for the tests that follow."""
+    environ, handler, cpus = dict(os.environ), signal.getsignal(signal.SIGTERM), pa.cpu_count()
+    yield
+    os.environ.clear()
+    os.environ.update(environ)
+    signal.signal(signal.SIGTERM, handler)
+    pa.set_cpu_count(cpus)
 
 
 def good_task(tmp_path: Path, **params: object) -> StageTask:

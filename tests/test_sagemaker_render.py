@@ -126,6 +126,18 @@ def test_every_rendered_request_is_valid_for_the_sagemaker_api(options: SageMake
         "score", "--task", f"{ROOT_URI}/runs/{RUN_ID}/score/task-1.json"]
 
 
+@pytest.mark.parametrize("stage", ["ingest", "features", "train", "score"])
+def test_requests_match_golden(stage: str) -> None:
+    """Every option set, score on 3 instances; BATCHLINE_UPDATE_GOLDEN=1 rewrites
+    tests/golden/sagemaker/*.json, and the diff is reviewed like code."""
+    job = next(j for j in rendered(FULL, **{"stages.score.shards": 3})["jobs"]
+               if j["stage"] == stage)
+    path = ROOT / "tests" / "golden" / "sagemaker" / f"{stage}.json"
+    if os.environ.get("BATCHLINE_UPDATE_GOLDEN") == "1":
+        path.write_text(json.dumps(job["request"], indent=2) + "\n")
+    assert json.loads(path.read_text()) == job["request"]
+
+
 def test_a_field_the_api_refuses_fails_validation() -> None:
     """The validator itself can fail: a bad instance type, a 64-character name, a missing
     role are each reported."""
@@ -242,7 +254,7 @@ def test_policies_kept_in_the_repo_are_the_rendered_ones() -> None:
     policies = rendered()["policies"]
     for name, document in policies.items():
         path = GOLDEN / f"{name.replace('_', '-')}-policy.json"
-        if os.environ.get("BATCHLINE_UPDATE_GOLDEN"):
+        if os.environ.get("BATCHLINE_UPDATE_GOLDEN") == "1":
             path.write_text(json.dumps(document, indent=2) + "\n")
         assert json.loads(path.read_text()) == document, f"{path} is stale; rerun with " \
             "BATCHLINE_UPDATE_GOLDEN=1 and review the diff"

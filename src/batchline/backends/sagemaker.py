@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -195,9 +196,7 @@ class SageMakerBackend(Backend[SageMakerHandle]):
     # -- poll -----------------------------------------------------------------
 
     def poll(self, handle: SageMakerHandle, timeout: float) -> Outcome | Phase:
-        import time
-
-        time.sleep(max(0.0, timeout))
+        time.sleep(max(0.0, timeout))  # SageMaker has no watch: describe at this pace
         try:
             handle.job.refresh()
         except Exception as exc:  # the SDK's client already retried throttling

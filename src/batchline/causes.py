@@ -58,8 +58,9 @@ class Cause(enum.StrEnum):
 
     @property
     def retryable(self) -> bool:
-        """Bad input never heals; preemption and transient errors may."""
-        return self in {Cause.EVICTED, Cause.USER_ERROR}
+        """Bad input never heals; preemption, transient errors and a lack of
+        capacity (SageMaker's InsufficientCapacity, a cluster still scaling up) may."""
+        return self in {Cause.EVICTED, Cause.USER_ERROR, Cause.UNSCHEDULABLE}
 
     def advice(self, stage: str, code: int | None = None) -> str:
         """One line a person can act on, naming the spec path to change."""
@@ -80,7 +81,8 @@ ADVICE: dict[Cause, str] = {
                       "credentials on the backend",
     Cause.UNSCHEDULABLE: "stage '{stage}' could not be scheduled; lower "
                          "stages.{stage}.resources or check stages.{stage}.node_selector "
-                         "and tolerations",
+                         "and tolerations (on SageMaker: another "
+                         "sagemaker.instance_types.{stage}, or retry later)",
     Cause.DEADLINE: "stage '{stage}' hit its deadline; raise "
                     "stages.{stage}.resources.timeout_seconds",
     Cause.USER_ERROR: "stage '{stage}' failed (exit {code}); its last log lines say why "

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Model-building jobs as four containerized batch stages.")
 T = TypeVar("T")
-BACKEND_NAMES = "local, container, kubernetes"
+BACKEND_NAMES = "local, container, kubernetes, sagemaker"
 
 # -- options shared by several commands ------------------------------------------------------
 RunStorageOpt = Annotated[str | None, typer.Option(
@@ -452,13 +452,15 @@ def demo_data(rows: Annotated[int, typer.Option(min=100, help="encounters to wri
 @app.command()
 def render(spec_path: SpecArg,
            backend: Annotated[str, typer.Option("--backend", help="kubernetes (Jobs as "
-                                                "YAML for kubectl)")] = "kubernetes",
+                                                "YAML for kubectl) or sagemaker (requests "
+                                                "and IAM policies as JSON)")] = "kubernetes",
            run_id: RunIdOpt = None,
            storage_opt: RunStorageOpt = None,
            set_: SetOpt = None,
            option: OptionOpt = None,
            secret: SecretOpt = None) -> None:
-    """Print one run's Kubernetes Jobs as YAML, for people who submit with kubectl."""
+    """Print one run's Kubernetes Jobs as YAML (for kubectl), or with --backend sagemaker
+    its Create*Job requests and IAM policies as JSON (for the aws CLI)."""
     def body() -> None:
         import yaml
 
@@ -466,19 +468,32 @@ def render(spec_path: SpecArg,
         from batchline.backends import validate_options
         from batchline.client import _require_remote
         from batchline.errors import SpecError
-        from batchline.render import render_run
+        from batchline.render import render_run, render_sagemaker
         from batchline.spec import load_spec
 
-        if backend != "kubernetes":
-            raise SpecError(f"render --backend {backend}: only kubernetes has manifests to "
-                            "render; local and container runs start with `batchline run`")
+        if backend not in ("kubernetes", "sagemaker"):
+            raise SpecError(f"render --backend {backend}: only kubernetes (Jobs) and sagemaker "
+                            "(Create*Job requests) have something to render; local and "
+                            "container runs start with `batchline run`")
         spec = load_spec(spec_path, _overrides(set_))
         rid = layout.check_run_id(run_id) if run_id is not None else layout.new_run_id(spec.name)
         root = _client(storage_opt).root(spec)
         _require_remote(spec, root, backend)
-        options = {**spec.backend_options(backend), **_options(option, secret=secret)}
-        docs = render_run(spec, rid, root, validate_options(backend, options, "--option"))
-        sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+        given = {**spec.backend_options(backend), **_options(option, secret=secret)}
+        options = validate_options(backend, given, "--option")
+        if backend == "kubernetes":
+            sys.stdout.write(yaml.safe_dump_all(render_run(spec, rid, root, options),
+                                                sort_keys=False))
+            return
+        from batchline.backends.sagemaker_job import SageMakerOptions
+
+        # Only what the spec and --option say: nothing from this shell's
+        # environment ends up in requests meant for another account.
+        try:
+            rendered = render_sagemaker(spec, rid, root, SageMakerOptions(**given))
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        sys.stdout.write(json.dumps(rendered, indent=2) + "\n")
     _guard(body)
 
 

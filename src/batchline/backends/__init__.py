@@ -24,9 +24,10 @@ BACKENDS: dict[str, str] = {
     "local": "batchline.backends.local",
     "container": "batchline.backends.container",
     "kubernetes": "batchline.backends.kubernetes",
+    "sagemaker": "batchline.backends.sagemaker",
 }
 # Backends whose stages run on other machines: local folders are not theirs.
-REMOTE = frozenset({"kubernetes"})
+REMOTE = frozenset({"kubernetes", "sagemaker"})
 
 
 def _module(name: str, where: str = "--backend") -> ModuleType:

@@ -107,6 +107,10 @@ class Backend(abc.ABC, Generic[H]):
     def release(self, handle: H, outcome: Outcome) -> None:
         """Remove what the platform keeps of an ended task (after its logs are saved)."""
 
+    def memory_limit(self, task: StageTask) -> str:
+        """The memory limit the platform enforces, as an out-of-memory message names it."""
+        return task.resources.memory
+
     def stored_logs(self, handle: H) -> str:
         """The logs saved by `wait`, for `logs()` after the platform forgot the task."""
         task = handle.task
@@ -135,7 +139,8 @@ class Backend(abc.ABC, Generic[H]):
         kept = self._keep_logs(handle.task, texts)
         self.release(handle, outcome)
         text = "".join(texts.values())
-        handle.result = translate(handle, outcome, text, tuple(kept))
+        handle.result = translate(handle, outcome, text, tuple(kept),
+                                  self.memory_limit(handle.task))
         log.info("stage %s: %s ended: %s", handle.task.stage, handle.ref,
                  handle.result.cause.value)
         return handle.result
@@ -212,8 +217,8 @@ def keep_locally(task: StageTask, shard: int | None, text: str) -> str:
     return str(path)
 
 
-def translate(handle: Handle, outcome: Outcome, text: str, logs: tuple[str, ...] = ()
-              ) -> StageResult:
+def translate(handle: Handle, outcome: Outcome, text: str, logs: tuple[str, ...] = (),
+              memory_limit: str | None = None) -> StageResult:
     """An outcome as a StageResult: the one table every backend shares."""
     task = handle.task
     if handle.cancelled:
@@ -228,7 +233,8 @@ def translate(handle: Handle, outcome: Outcome, text: str, logs: tuple[str, ...]
                    f"and was stopped" + (f" (exit {code})" if code is not None else ""))
         message = f"{message}; {outcome.message}" if outcome.message else message
     elif cause is Cause.OUT_OF_MEMORY:
-        message = (f"{handle.ref} was killed at its memory limit of {task.resources.memory}"
+        message = (f"{handle.ref} was killed at its memory limit of "
+                   f"{memory_limit or task.resources.memory}"
                    + (f" (exit {code})" if code is not None else "")
                    + f"; {cause.advice(task.stage, code)}")
     elif cause in (Cause.BAD_INPUT, Cause.USER_ERROR):

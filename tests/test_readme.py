@@ -9,6 +9,7 @@ of jobs/, against moto for s3:// URIs, with a few placeholders filled in
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -37,7 +38,8 @@ NOT_RUN = {
     "podman run": "needs the built images; test_images runs them this way",
 }
 # Placeholders a reader fills in, and sizes made small for the test.
-SUBSTITUTIONS = {"--rows 1000000": "--rows 6000"}
+SUBSTITUTIONS = {"--rows 1000000": "--rows 6000", "$ACCOUNT": "123456789012",
+                 "$REGION": "us-east-1", "s3://BUCKET/": "s3://bucket/"}
 
 
 def readme_commands(text: str) -> list[str]:
@@ -103,12 +105,14 @@ def test_every_readme_command_runs(tmp_path: Path, s3_bucket: str) -> None:
         for old, new in SUBSTITUTIONS.items():
             left = left.replace(old, new)
         left = left.replace("s3://bucket/", f"s3://{bucket}/")
-        if "--backend kubernetes" in left:
+        if "--backend kubernetes" in left or "--backend sagemaker" in left:
+            # No cluster and no AWS account here: what would be submitted is rendered.
             left = left.replace("batchline run ", "batchline render ", 1)
         if "RUN" in left.split():
             left = left.replace(" RUN", f" {_latest_run(tmp_path)}")
         if "landing/encounters.csv" in left:
             _upload_source(tmp_path, f"s3://{bucket}/landing/encounters.csv")
+        left, _, redirect = left.partition(" > ")  # `... > run.json`: stdout to a file
         args = shlex.split(left)
         assert args[0] == "batchline", f"no way to run {command!r}: add it to NOT_RUN"
         started = time.monotonic()
@@ -117,7 +121,10 @@ def test_every_readme_command_runs(tmp_path: Path, s3_bucket: str) -> None:
                                 check=False)
         print(f"{time.monotonic() - started:5.1f} s  {left}")  # where this test's time goes
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
-        if left.startswith("batchline render"):
+        if redirect:
+            (tmp_path / redirect.strip()).write_text(result.stdout)
+            json.loads(result.stdout)  # `--json` and `render --backend sagemaker` print JSON
+        if left.startswith("batchline render") and "--backend sagemaker" not in left:
             jobs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
             assert {doc["kind"] for doc in jobs} == {"Job"}, result.stdout[:500]
         ran.append(command)

@@ -10,6 +10,8 @@ bytes. A quoted record that exceeds those, reaches the end of the file, or
 closes into the wrong number of fields is a stray quote: its first line is
 quarantined and the lines after it are read again as rows. pyarrow then parses
 runs of whole records, one block each, so no field ever straddles blocks.
+Lines that are plainly one record each pass in whole runs without the
+per-line walk (ingest_plain finds them with numpy); the result is the same.
 """
 
 from __future__ import annotations

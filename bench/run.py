@@ -22,9 +22,11 @@ Usage: python bench/run.py [--rows 1000000 5000000] [--rounds 3] [--busy]
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -52,6 +54,8 @@ class Measured:
     returncode: int = 0
     auc: float | None = None
     output: str = ""
+    load: float = 0.0  # the machine's 1-minute load average when the run started
+    cpu_seconds: float = 0.0  # user + system time of the whole process tree
 
 
 def _stage_of(proc: psutil.Process) -> str | None:
@@ -66,8 +70,12 @@ def _stage_of(proc: psutil.Process) -> str | None:
 
 def measure(cmd: list[str], env: dict[str, str] | None = None, busy: float = 0.0) -> Measured:
     """Run `cmd` (beside a CPU hog when `busy`); sample the summed RSS of its process tree."""
+    load = os.getloadavg()[0]
     hog = subprocess.Popen([sys.executable, "-c", HOG.format(seconds=busy)]) if busy else None
     try:
+        # Children's CPU time is summed into RUSAGE_CHILDREN as each is reaped; the hog
+        # is reaped only after the delta is taken, so it never counts.
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})},
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -94,6 +102,8 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, busy: float = 0.0
         output = proc.stdout.read() if proc.stdout else ""
         proc.wait()
         seconds = time.monotonic() - started
+        now = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_seconds = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     finally:
         if hog is not None:
             hog.kill()
@@ -101,7 +111,8 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, busy: float = 0.0
     if proc.returncode != 0:
         print(output, file=sys.stderr)
     return Measured(round(seconds, 2), round(peak), {k: round(v) for k, v in stages.items()},
-                    returncode=proc.returncode, output=output)
+                    returncode=proc.returncode, output=output, load=round(load, 1),
+                    cpu_seconds=round(cpu_seconds, 1))
 
 
 def machine() -> str:
@@ -131,7 +142,8 @@ def run_batchline(src: Path, store: Path, run_id: str, busy: float, pythonpath: 
     env = dict(extra_env or {})
     if pythonpath:
         env["PYTHONPATH"] = pythonpath
-    m = measure([sys.executable, "-m", "batchline.cli", "run", str(SPEC), "--storage",
+    # `python -m batchline` is what the `batchline` command runs (it skips pandas first).
+    m = measure([sys.executable, "-m", "batchline", "run", str(SPEC), "--storage",
                  str(store), "--run-id", run_id,
                  "--set", f"stages.ingest.params.source={src / 'encounters.csv'}"], env, busy)
     path = store / "runs" / run_id / "manifest.json"
@@ -168,7 +180,7 @@ def bench(rows: int, data: Path, args: argparse.Namespace) -> dict[str, object]:
     (src / "encounters.csv").read_bytes()  # warm the page cache for every contender alike
     modes = [("quiet", 0.0), *([("busy", args.hog_seconds)] if args.busy else [])]
     runs: dict[str, list[Measured]] = {}
-    cached: Measured | None = None
+    cached: list[Measured] = []
     before_src = str(Path(args.before).resolve() / "src") if args.before else None
     for round_no in range(args.rounds):
         for mode, hog in modes:
@@ -180,8 +192,9 @@ def bench(rows: int, data: Path, args: argparse.Namespace) -> dict[str, object]:
                     shutil.rmtree(store, ignore_errors=True)
                     m = run_batchline(src, store, "bench", hog,
                                       before_src if who == "before" else None)
-                    if who == "batchline" and cached is None and m.returncode == 0:
-                        cached = run_batchline(src, store, "bench-again", 0.0, None)
+                    if who == "batchline" and mode == "quiet" and m.returncode == 0:
+                        cached.append(run_batchline(src, store, f"bench-again-{round_no}",
+                                                    0.0, None))
                 elif who == "limit":
                     m = run_limit(src, data, hog)
                 else:
@@ -199,7 +212,8 @@ def _median(values: list[float]) -> float:
 
 def summarize(runs: list[Measured]) -> dict[str, float]:
     ok = [m for m in runs if m.returncode == 0]
-    out = {"wall": _median([m.seconds for m in ok]), "rss": _median([m.peak_rss_mb for m in ok])}
+    out = {"wall": _median([m.seconds for m in ok]), "rss": _median([m.peak_rss_mb for m in ok]),
+           "cpu": _median([m.cpu_seconds for m in ok])}
     for phase in PHASES:
         out[phase] = _median([m.phases[phase] for m in ok if phase in m.phases])
     out["non_train"] = _median([sum(m.phases.get(p, 0.0) for p in PHASES if p != "train")
@@ -219,12 +233,15 @@ def report(results: list[dict[str, object]], args: argparse.Namespace) -> str:
         "of the rounds, contenders interleaved. Phases: a batchline stage's wall time from "
         "process start to exit (manifest attempts); the limit's phases timed inside its "
         "one process (its interpreter start and imports, about 1-3 s, count only in its "
-        "wall). Non-train = ingest + features + score. Busy: one core taken by a spin loop.",
+        "wall). Non-train = ingest + features + score. Busy: one core taken by a spin loop. "
+        "CPU s: user + system seconds of the whole process tree (the hog excluded), which "
+        "other sessions on the machine disturb far less than wall time.",
         "",
         "| rows | contender | mode | wall s | x limit | ingest | features | train | score | "
-        "non-train s | x limit | peak RSS MB | x limit | runs |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "non-train s | x limit | CPU s | x limit | peak RSS MB | x limit | runs |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    loads: list[str] = []
     for r in results:
         runs = r["runs"]
         assert isinstance(runs, dict)
@@ -239,12 +256,22 @@ def report(results: list[dict[str, object]], args: argparse.Namespace) -> str:
                 f"| {r['rows']:,} | {who} | {mode} | {s['wall']} | {ratio(s['wall'], lim['wall'])}"
                 f" | {s['ingest']} | {s['features']} | {s['train']} | {s['score']} | "
                 f"{s['non_train']} | {ratio(s['non_train'], lim['non_train'])} | "
+                f"{s['cpu']} | {ratio(s['cpu'], lim['cpu'])} | "
                 f"{s['rss']:.0f} | {ratio(s['rss'], lim['rss'])} | {s['n']}"
                 f"{' (' + str(s['failed']) + ' failed)' if s['failed'] else ''} |")
         cached = r["cached"]
-        if isinstance(cached, Measured):
+        if isinstance(cached, list) and cached:
+            again = statistics.median(c.seconds for c in cached)
+            rss = statistics.median(c.peak_rss_mb for c in cached)
+            cpu = statistics.median(c.cpu_seconds for c in cached)
             lines.append(f"| {r['rows']:,} | batchline, unchanged rerun | quiet | "
-                         f"{cached.seconds} | | | | | | | | {cached.peak_rss_mb:.0f} | | 1 |")
+                         f"{again:.2f} | | | | | | | | {cpu:.1f} | | {rss:.0f} | | "
+                         f"{len(cached)} |")
+        loads.append(f"{r['rows']:,} rows: " + ", ".join(
+            f"{key} {min(m.load for m in ms):.1f}-{max(m.load for m in ms):.1f}"
+            for key, ms in runs.items()))
+    lines += ["", "Load average (1 min) when the runs started (2 cores; other sessions "
+              f"share the machine): {'; '.join(loads)}."]
     if args.busy:
         lines += ["", "Busy over quiet, per phase (medians; goal: no stage above 1.6x):", "",
                   "| rows | contender | wall | ingest | features | train | score |",
@@ -284,6 +311,10 @@ def main() -> None:
         parser.error("--contenders before needs --before DIR")
     data = Path(args.out)
     data.mkdir(parents=True, exist_ok=True)
+    # An installed batchline (a wheel, an image) has its bytecode; a source tree run with
+    # PYTHONDONTWRITEBYTECODE set would compile every module in every stage process.
+    for tree in [ROOT, *([Path(args.before)] if args.before else [])]:
+        compileall.compile_dir(str(tree / "src"), quiet=1)
     results = [bench(rows, data, args) for rows in args.rows]
     text = report(results, args)
     print(text)

@@ -87,6 +87,10 @@ def test_score_only_run_and_sharded_score(demo_csv: Path, tmp_path: Path) -> Non
         sorted(whole.column("encounter_id").to_pylist())
     assert sorted(sharded.column("score").to_pylist()) == sorted(whole.column("score").to_pylist())
     assert len(storage.list_dir(str(root / "runs" / "scoreonly" / "score" / "logs"))) == 3
+    # The three shards ran at once on this host, each sizing its threads to a third.
+    for log in (root / "runs" / "scoreonly" / "score" / "logs").rglob("*"):
+        if log.is_file():
+            assert "shared by 3 workers" in log.read_text(), log
 
 
 def test_bad_input_fails_run_with_exit_2_and_commits_nothing(tmp_path: Path) -> None:

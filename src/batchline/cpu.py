@@ -190,6 +190,12 @@ def wait_policy(environ: MutableMapping[str, str]) -> str:
     return value.lower()
 
 
+def workers_with_shards(shards: int, environ: MutableMapping[str, str]) -> str:
+    """BATCHLINE_CPU_WORKERS for one of `shards` processes that a backend starts at once on
+    this host: each divides the CPU by the shards, times the workers already declared."""
+    return str(_workers(environ) * max(1, shards))
+
+
 def _workers(environ: MutableMapping[str, str]) -> int:
     text = environ.get(WORKERS_ENV, "1") or "1"
     try:

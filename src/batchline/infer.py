@@ -72,7 +72,7 @@ def _names(src: Source, params: IngestParams, sample_rows: int) -> list[str]:
         report = ReadReport(src.uri)
         lines = text_lines(src, stream, params.encoding, params.max_record_bytes)
         if src.format == "csv":
-            header = next(iter(ingest_csv.Splitter(lines, params, report)), None)
+            header = ingest_csv.first_record(iter(ingest_csv.Splitter(lines, params, report)))
             if header is None:
                 raise DataError(f"{src.uri}: the file is empty; nothing to infer")
             return ingest_csv.header_names(header, params)

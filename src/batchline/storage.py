@@ -24,13 +24,15 @@ import secrets
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
 
 from batchline.errors import StorageError, StorageUnavailable
 from batchline.retry import Retry
@@ -324,6 +326,10 @@ def open_dataset(uri: str) -> ds.Dataset:
     paths = [resolve(u)[1] for u in file_uris(uri, record) if u.endswith(".parquet")]
     if not paths:
         raise StorageError(f"dataset {uri} has no Parquet files")
+    # Imported here: the launcher (and an unchanged rerun) only reads and writes
+    # small JSON files, and pyarrow's dataset and Parquet modules cost it ~0.3 s.
+    import pyarrow.dataset as ds
+
     return ds.dataset(paths, format="parquet", filesystem=fs)
 
 
@@ -405,6 +411,8 @@ class DatasetWriter:
         self._name = f"{self.prefix}/part-{len(self._files):05d}.parquet"
         stream = self._fs.open_output_stream(f"{self._base}/{self._name}")
         self._sink = _HashingSink(stream)
+        import pyarrow.parquet as pq  # see open_dataset
+
         self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
         self._rows_in_file = 0
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from batchline import cpu
 from batchline.backends.base import Backend, BackendOptions, Handle, Outcome, Phase
 from batchline.task import StageTask
 
@@ -49,12 +50,16 @@ class LocalBackend(Backend[LocalHandle]):
 
     def start(self, task: StageTask) -> LocalHandle:
         logfile = self._logdir / f"{task.name}-a{task.attempt}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if task.shard is not None and task.shard_count > 1:
+            # The launcher starts every shard at once here: they share this host's CPU.
+            env[cpu.WORKERS_ENV] = cpu.workers_with_shards(task.shard_count, os.environ)
         with open(logfile, "wb") as sink:
             # Same process group as the launcher: Ctrl-C, or a kill of the
             # launcher's group, reaches the stage too instead of orphaning it.
             proc = subprocess.Popen(stage_command(task), stdout=sink, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL,
-                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                    env=env)
         log.info("stage %s: running locally as pid %d", task.stage, proc.pid)
         return LocalHandle(task, f"pid {proc.pid}", proc=proc, logfile=logfile)
 

@@ -10,6 +10,8 @@ bytes. A quoted record that exceeds those, reaches the end of the file, or
 closes into the wrong number of fields is a stray quote: its first line is
 quarantined and the lines after it are read again as rows. pyarrow then parses
 runs of whole records, one block each, so no field ever straddles blocks.
+Lines that are plainly one record each pass in whole runs without the
+per-line walk (ingest_plain finds them with numpy); the result is the same.
 """
 
 from __future__ import annotations
@@ -25,14 +27,22 @@ import pyarrow.csv as pacsv
 
 from batchline.errors import DataError
 from batchline.params import IngestParams
-from batchline.stages.ingest_sources import ReadReport, Source, check_header, text_lines
+from batchline.stages.ingest_plain import Bulk, Run
+from batchline.stages.ingest_sources import (
+    Line,
+    ReadReport,
+    Source,
+    check_header,
+    text_lines,
+    text_lines_in_bulk,
+)
 
 # Records are handed to pyarrow in runs of about this many bytes: small enough
 # that the text and its parsed columns stay a few MB, large enough to amortize
 # each call.
 CSV_BLOCK_BYTES = 2 << 20
 RECORD_SHOWN = 2_000
-Lines = Iterator[tuple[int, bytes | None]]
+Lines = Iterator[Line | Bulk]
 
 
 class Record(NamedTuple):
@@ -43,6 +53,10 @@ class Record(NamedTuple):
     data: bytes
     nlines: int
     end: int
+
+    @property
+    def last_line(self) -> int:
+        return self.line + self.nlines - 1
 
 
 def closed_pattern(delimiter: str, quote: str) -> re.Pattern[bytes]:
@@ -59,7 +73,12 @@ def closed_pattern(delimiter: str, quote: str) -> re.Pattern[bytes]:
 
 
 class Splitter:
-    """Turns numbered physical lines into records, quarantining stray quotes and giant lines."""
+    """Turns numbered physical lines into records, quarantining stray quotes and giant lines.
+
+    Lines may also come as a Bulk: while no record is open and the header is
+    known, the Bulk's runs of plain lines (see ingest_plain) pass as one Run
+    each, and only its other lines are walked here one by one.
+    """
 
     def __init__(self, lines: Lines, params: IngestParams, report: ReadReport) -> None:
         self.lines = lines
@@ -67,15 +86,26 @@ class Splitter:
         self.report = report
         self.quote = params.quote_char.encode() if params.quote_char else None
         self.closed = closed_pattern(params.delimiter, params.quote_char or '"')
-        self.back: deque[tuple[int, bytes | None]] = deque()
+        self.delimiter = params.delimiter.encode()
+        self.back: deque[Line] = deque()
+        self.bulk: Bulk | None = None  # lines read from the source, not yet handed on
         self.expected = 0  # fields per record, once the header is known
         self.offset = 0
 
-    def __iter__(self) -> Iterator[Record]:
+    def __iter__(self) -> Iterator[Record | Run]:
         pending: list[tuple[int, bytes]] = []
         size = 0
         while True:
+            if not self.back and not pending and self.expected and self.bulk:
+                run = self.bulk.take_run(self.offset)
+                if run is not None:
+                    self.offset = run.end
+                    yield run
+                    continue
             item = self.back.popleft() if self.back else self._next()
+            if isinstance(item, Bulk):
+                self.bulk = item
+                continue
             if item is None:
                 if not pending:
                     return
@@ -122,9 +152,16 @@ class Splitter:
                             f"{self.params.max_record_bytes}")
                 pending = []
 
-    def _next(self) -> tuple[int, bytes | None] | None:
+    def _next(self) -> Line | Bulk | None:
+        """The next line read from the source (counting its bytes), or a new Bulk of them."""
+        if self.bulk:
+            number, raw = self.bulk.next_line()
+            self.offset += len(raw)
+            return number, raw
         item = next(self.lines, None)
-        if item is not None and item[1] is not None:
+        if isinstance(item, Bulk):
+            item.analyse(self.delimiter, self.quote)
+        elif item is not None and item[1] is not None:
             self.offset += len(item[1])
         return item
 
@@ -153,6 +190,14 @@ class Splitter:
         self.back.extendleft(reversed(again))
 
 
+def first_record(records: Iterator[Record | Run]) -> Record | None:
+    """The header record: the splitter passes runs only once it knows the header's width."""
+    first = next(records, None)
+    if isinstance(first, Run):
+        raise RuntimeError("bug: ingest's CSV splitter passed a run of lines before the header")
+    return first
+
+
 def header_names(record: Record, params: IngestParams) -> list[str]:
     """Column names of a header record, read with the same delimiter and quote."""
     text = record.data.decode("utf-8").rstrip("\r\n")
@@ -163,12 +208,17 @@ def header_names(record: Record, params: IngestParams) -> list[str]:
 
 
 def csv_batches(src: Source, stream: pa.NativeFile, params: IngestParams, report: ReadReport,
-                ) -> Iterator[tuple[pa.RecordBatch, list[int]]]:
-    """(batch of the declared columns as text, physical line of each row) of one CSV file."""
-    splitter = Splitter(text_lines(src, stream, params.encoding, params.max_record_bytes),
+                fast: bool = True) -> Iterator[tuple[pa.RecordBatch, list[int]]]:
+    """(batch of the declared columns as text, physical line of each row) of one CSV file.
+
+    `fast=False` walks every line in Python (see ingest_plain): the same
+    batches, lines and report, slower; tests compare the two.
+    """
+    lines = text_lines_in_bulk if fast else text_lines
+    splitter = Splitter(lines(src, stream, params.encoding, params.max_record_bytes),
                         params, report)
     records = iter(splitter)
-    header = next(records, None)
+    header = first_record(records)
     if report.skipped:
         line, reason, _ = report.skipped[0]
         raise DataError(f"{src.uri}: line {line}, before or in the header: {reason}")
@@ -183,9 +233,20 @@ def csv_batches(src: Source, stream: pa.NativeFile, params: IngestParams, report
     # Blocks end at the last record that ends within each CSV_BLOCK_BYTES of the
     # file, where pyarrow's own reader ended them: clean files give the same
     # batches, hence the same row groups and the same committed bytes, as before.
-    chunk: list[Record] = []
+    chunk: list[Record | Run] = []
     limit = CSV_BLOCK_BYTES
     for record in records:
+        while isinstance(record, Run) and record.end > limit:
+            # The run's records that end within this block join it; the rest start the next.
+            cut = record.data.rfind(b"\n", 0, limit - record.start) + 1
+            if cut:
+                head, record = record.split(cut)
+                chunk.append(head)
+            if chunk:
+                yield parse_records(src, chunk, names, params, report)
+                chunk = []
+            while record.first_end() > limit:
+                limit += CSV_BLOCK_BYTES
         if record.end > limit and chunk:
             yield parse_records(src, chunk, names, params, report)
             chunk = []
@@ -196,16 +257,23 @@ def csv_batches(src: Source, stream: pa.NativeFile, params: IngestParams, report
         yield parse_records(src, chunk, names, params, report)
 
 
-def parse_records(src: Source, chunk: list[Record], names: list[str], params: IngestParams,
-                  report: ReadReport) -> tuple[pa.RecordBatch, list[int]]:
+def parse_records(src: Source, chunk: list[Record | Run], names: list[str],
+                  params: IngestParams, report: ReadReport,
+                  ) -> tuple[pa.RecordBatch, list[int]]:
     """Parse whole records with pyarrow as one block; rows of the wrong width are quarantined."""
     invalid: set[int] = set()
+    starts: list[int] = []  # the line each record starts on
+    for r in chunk:
+        if isinstance(r, Run):
+            starts.extend(range(r.line, r.line + r.nrecords))
+        else:
+            starts.append(r.line)
 
     def on_invalid(row: Any) -> str:
         # row.number counts records of this block from 1 (use_threads=False).
-        index = min(max((row.number or 1) - 1, 0), len(chunk) - 1)
+        index = min(max((row.number or 1) - 1, 0), len(starts) - 1)
         invalid.add(index)
-        report.skip(chunk[index].line, f"expected {row.expected_columns} columns, got "
+        report.skip(starts[index], f"expected {row.expected_columns} columns, got "
                     f"{row.actual_columns}", row.text[:RECORD_SHOWN])
         return "skip"
 
@@ -224,14 +292,14 @@ def parse_records(src: Source, chunk: list[Record], names: list[str], params: In
                 include_columns=declared, column_types={n: pa.string() for n in declared},
                 strings_can_be_null=False, quoted_strings_can_be_null=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise DataError(f"{src.uri}: lines {chunk[0].line}-{chunk[-1].line + chunk[-1].nlines - 1}"
+        raise DataError(f"{src.uri}: lines {chunk[0].line}-{chunk[-1].last_line}"
                         f": cannot be parsed as CSV ({exc})") from None
-    report.rows_read += len(chunk)
-    if table.num_rows + len(invalid) != len(chunk):
+    report.rows_read += len(starts)
+    if table.num_rows + len(invalid) != len(starts):
         raise RuntimeError(f"bug: pyarrow returned {table.num_rows} rows and rejected "
-                           f"{len(invalid)} of {len(chunk)} records in {src.uri} from line "
+                           f"{len(invalid)} of {len(starts)} records in {src.uri} from line "
                            f"{chunk[0].line}; nothing was committed")
-    lines = [r.line for i, r in enumerate(chunk) if i not in invalid]
+    lines = [n for i, n in enumerate(starts) if i not in invalid] if invalid else starts
     batch = pa.RecordBatch.from_arrays(
         [table.column(n).combine_chunks() for n in declared], names=declared)
     return batch, lines

@@ -15,12 +15,14 @@ import io
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from batchline import storage
 from batchline.errors import DataError
+from batchline.stages.ingest_plain import Bulk
 
 FORMATS = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".jsonl": "jsonl", ".ndjson": "jsonl",
            ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -133,8 +135,11 @@ def guess_encoding(sample: bytes) -> str:
     return "cp1252"
 
 
+Line = tuple[int, bytes | None]
+
+
 def text_lines(src: Source, stream: pa.NativeFile, encoding: str | None, max_bytes: int,
-               ) -> Iterator[tuple[int, bytes | None]]:
+               ) -> Iterator[Line]:
     """(line number, UTF-8 bytes with their newline) of a text source, one at a time.
 
     A line longer than `max_bytes` is read through without being kept and comes
@@ -142,19 +147,45 @@ def text_lines(src: Source, stream: pa.NativeFile, encoding: str | None, max_byt
     Bytes that are not text in the declared encoding stop the file with a
     DataError naming its line, byte offset and the encoding it likely is.
     """
+    return cast(Iterator[Line], _text(src, stream, encoding, max_bytes, bulk=False))
+
+
+def text_lines_in_bulk(src: Source, stream: pa.NativeFile, encoding: str | None,
+                       max_bytes: int) -> Iterator[Line | Bulk]:
+    """The lines of `text_lines`, but wherever the read buffer holds whole lines of valid
+    text (no line longer than `max_bytes`), all of them at once as one Bulk.
+
+    The first line always comes alone (it may carry a byte order mark). A line
+    that is not valid text, or too long, still comes alone and fails or is
+    skipped exactly as in `text_lines`.
+    """
+    return _text(src, stream, encoding, max_bytes, bulk=True)
+
+
+def _text(src: Source, stream: pa.NativeFile, encoding: str | None, max_bytes: int,
+          bulk: bool) -> Iterator[Line | Bulk]:
     name = codecs.lookup(encoding).name if encoding else "utf-8"
     if name == "utf-8" or _ascii_compatible(name):
-        yield from _byte_lines(src, stream, name, max_bytes)
+        yield from _byte_lines(src, stream, name, max_bytes, bulk)
     else:
         yield from _wide_lines(src, stream, name, max_bytes)
 
 
 def _byte_lines(src: Source, stream: pa.NativeFile, encoding: str, max_bytes: int,
-                ) -> Iterator[tuple[int, bytes | None]]:
+                bulk: bool) -> Iterator[Line | Bulk]:
     reader = io.BufferedReader(stream, 1 << 20)
     offset = 0
     number = 0
     while True:
+        whole = _whole_lines(reader, encoding, max_bytes) if bulk and number else 0
+        if whole:
+            data = reader.read(whole)
+            offset += whole
+            if encoding != "utf-8":
+                data = data.decode(encoding).encode("utf-8")
+            yield Bulk(number + 1, data)
+            number += data.count(b"\n")
+            continue
         raw = reader.readline(max_bytes + 1)
         if not raw:
             return
@@ -174,6 +205,19 @@ def _byte_lines(src: Source, stream: pa.NativeFile, encoding: str, max_bytes: in
         except UnicodeDecodeError as exc:
             raise DataError(_not_text(src, raw, number, start + exc.start, encoding)) from None
         yield number, raw if encoding == "utf-8" else text.encode("utf-8")
+
+
+def _whole_lines(reader: io.BufferedReader, encoding: str, max_bytes: int) -> int:
+    """How many of the buffered bytes are whole lines of valid text, at most max_bytes."""
+    buffered = reader.peek(1)  # what the buffer holds; one read only if it is empty
+    size = buffered.rfind(b"\n", 0, max_bytes) + 1
+    if size:
+        try:
+            str(memoryview(buffered)[:size], encoding)
+        except UnicodeDecodeError as exc:
+            # Up to the line before the bad bytes; that line then fails on its own.
+            size = buffered.rfind(b"\n", 0, exc.start) + 1
+    return size
 
 
 def _check_bom(src: Source, raw: bytes, encoding: str) -> bytes:
@@ -197,7 +241,7 @@ def _not_text(src: Source, raw: bytes, number: int, offset: int, encoding: str) 
 
 
 def _wide_lines(src: Source, stream: pa.NativeFile, encoding: str, max_bytes: int,
-                ) -> Iterator[tuple[int, bytes | None]]:
+                ) -> Iterator[Line]:
     # UTF-16 and friends: newlines are not single bytes, so decode first.
     text = io.TextIOWrapper(io.BufferedReader(stream, 1 << 20),
                             encoding=encoding, newline="\n")

@@ -147,3 +147,13 @@ def test_cli_bad_spec_exits_2_and_runs_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "store").exists()
     assert run_cli("validate", str(path)).returncode == 2
     assert run_cli("validate", str(SPEC)).returncode == 0
+
+
+def test_a_non_ascii_delimiter_or_quote_is_a_spec_error(tmp_path: Path) -> None:
+    """Arrow's CSV reader takes ASCII separators only: say so before any run starts."""
+    for field, value in (("delimiter", "€"), ("quote_char", "«")):
+        data = _spec_data()
+        data["stages"]["ingest"]["params"][field] = value
+        with pytest.raises(SpecError) as err:
+            load_spec(_write(tmp_path, data))
+        assert f"stages.ingest.params.{field}" in str(err.value) and "ASCII" in str(err.value)

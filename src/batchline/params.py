@@ -66,17 +66,18 @@ class IngestParams(_Params):
     @field_validator("delimiter")
     @classmethod
     def _one_char_delimiter(cls, value: str) -> str:
-        if len(value) != 1 or value in "\r\n":
-            raise ValueError(f"delimiter must be one character other than a newline, "
+        # Arrow's CSV reader takes ASCII separators only.
+        if len(value) != 1 or value in "\r\n" or not value.isascii():
+            raise ValueError(f"delimiter must be one ASCII character other than a newline, "
                              f"not {value!r}")
         return value
 
     @field_validator("quote_char")
     @classmethod
     def _one_char_quote(cls, value: str | None, info: object) -> str | None:
-        if value is not None and (len(value) != 1 or value in "\r\n"
+        if value is not None and (len(value) != 1 or value in "\r\n" or not value.isascii()
                                   or value == getattr(info, "data", {}).get("delimiter")):
-            raise ValueError(f"quote_char must be one character, not a newline nor the "
+            raise ValueError(f"quote_char must be one ASCII character, not a newline nor the "
                              f"delimiter, or null; not {value!r}")
         return value
 

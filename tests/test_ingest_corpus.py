@@ -75,6 +75,14 @@ CASES = [
          check={"when": [None, None], "name": [None, None], "flag": [None, None]}),
     Case("required_na", {"a.csv": b(H + "NA,2024-01-02,1,a,true\n" + rows(3, 2))},
          committed=3, quarantined={2: "required value is empty"}),
+    # A bare carriage return inside an unquoted field would end the row early for
+    # Arrow's reader (it splits on \r): the line is quarantined, the rest committed.
+    Case("bare_carriage_return", {"a.csv": b(H + rows(2) + "3,2024-01-02,1,ab\rcd,true\n"
+                                             + rows(2, 4))},
+         committed=4, quarantined={4: "carriage return"}),
+    Case("bare_carriage_return_in_bulk", {"a.csv": b(H + rows(3000) + "3001,2024-01-02,1,a\rb,"
+                                                     "true\n" + rows(3000, 3002))},
+         committed=6000, quarantined={3002: "carriage return"}),
     Case("stray_quote_runaway", {"a.csv": b(H + rows(4) + '5,2024-01-02,1,"ann,true\n'
                                             + rows(200, 6))},
          committed=204, quarantined={6: "unbalanced quote"}),

@@ -127,6 +127,12 @@ class Splitter:
             if not pending:
                 if raw in (b"\n", b"\r\n"):
                     continue  # blank lines are not rows, as for pyarrow and pandas
+                if b"\r" in raw.rstrip(b"\r\n") and (self.quote is None or
+                                                       self.quote not in raw):
+                    # Arrow's reader ends a row at a bare \r: the row would split.
+                    self._skip(number, "a carriage return (\\r) inside the line, not at its "
+                               "end, would split the row; remove it or quote the field", raw)
+                    continue
                 if self.quote is None or self.quote not in raw or self.closed.fullmatch(raw):
                     yield Record(number, raw, 1, self.offset)
                 else:

@@ -1,10 +1,12 @@
-"""Image sizes, and the per-stage start overhead of the container backend.
+"""Image sizes, and the per-stage start overhead of the container and SageMaker backends.
 
 Runs the same tiny ingest task (ten rows, so the stage's own work is next to
-nothing) five times on the local backend (a subprocess) and five times on the
-container backend (podman run of the ingest image), both against one moto S3
-server on loopback, and reports the median wall time of each and their
-difference. Appends a section to bench/results.md.
+nothing) five times on the local backend (a subprocess), five times on the
+container backend (podman run of the ingest image) and five times on the
+SageMaker backend against tests/sagemaker_harness.py (a Processing Job whose
+image the harness runs with podman under the /opt/ml contract), all against
+one moto S3 server on loopback, and reports the median wall time of each and
+their differences. Appends a section to bench/results.md.
 
 Usage: python bench/bench_images.py   (needs `make images`)
 """
@@ -16,8 +18,11 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import boto3
 from moto.server import ThreadedMotoServer
@@ -25,6 +30,7 @@ from moto.server import ThreadedMotoServer
 from batchline import layout, storage
 from batchline.backends.container import ContainerBackend
 from batchline.backends.local import LocalBackend
+from batchline.backends.sagemaker import SageMakerBackend
 from batchline.spec import load_spec
 from batchline.stages import STAGES
 from batchline.task import StageTask
@@ -33,6 +39,7 @@ HERE = Path(__file__).resolve().parent
 SPEC = HERE.parent / "jobs" / "readmission.yaml"
 IMAGES = (*STAGES, "launcher")
 REPEATS = 5
+ROLE = "arn:aws:iam::123456789012:role/bench"
 
 
 def _free_port() -> int:
@@ -78,8 +85,11 @@ def start_overhead() -> dict[str, float]:
                   Body=b"a,b\n" + b"".join(f"{i},x\n".encode() for i in range(10)))
     image = load_spec(SPEC).image("ingest")
     medians = {}
+    harness = _sagemaker_harness()
     try:
-        for backend in (LocalBackend(), ContainerBackend()):
+        backends: list[Any] = [LocalBackend(), ContainerBackend(), SageMakerBackend(
+            role_arn=ROLE, poll_seconds=0.1, session=boto3.Session(region_name="us-east-1"))]
+        for backend in backends:
             times = []
             for attempt in range(1, REPEATS + 1):
                 task = _task(f"s3://bench/{backend.name}", attempt, image)
@@ -89,23 +99,41 @@ def start_overhead() -> dict[str, float]:
                 assert result.ok, result
             medians[backend.name] = statistics.median(times)
     finally:
+        harness.close()
         server.stop()
     return medians
+
+
+def _sagemaker_harness() -> Any:
+    """The test suite's SageMaker stand-in, serving on loopback (needs root: it hands
+    each job's /opt/ml to the image's user)."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from sagemaker_harness import SageMakerHarness
+
+    harness = SageMakerHarness(Path(tempfile.mkdtemp(prefix="bench-sagemaker-"))).start()
+    os.environ["AWS_ENDPOINT_URL_SAGEMAKER"] = harness.url
+    return harness
 
 
 def main() -> None:
     sizes = image_sizes()
     medians = start_overhead()
     lines = [
-        f"## Stage images and container start overhead ({time.strftime('%Y-%m-%d')})", "",
+        f"## Stage images, container and SageMaker start overhead "
+        f"({time.strftime('%Y-%m-%d')})", "",
         "`python bench/bench_images.py`: sizes from `podman image inspect` (uncompressed); "
         f"start overhead = median of {REPEATS} runs of a ten-row ingest task on each backend "
-        "against one moto S3 server (podman 4.3, runc, cgroupfs).", "",
+        "against one moto S3 server (podman 4.3, runc, cgroupfs); sagemaker = a Processing "
+        "Job on tests/sagemaker_harness.py (the SageMaker API on loopback, the image run "
+        "with podman; the backend polls every 0.1 s, the harness every 0.3 s), not on AWS, "
+        "where instance provisioning adds minutes.", "",
         "| image | size MB |", "|---|---:|",
         *[f"| {name} | {size:.0f} |" for name, size in sizes.items()], "",
         "| backend | median wall s per stage |", "|---|---:|",
         *[f"| {name} | {seconds:.2f} |" for name, seconds in medians.items()], "",
-        f"Container start overhead per stage: {medians['container'] - medians['local']:.2f} s.",
+        f"Container start overhead per stage: {medians['container'] - medians['local']:.2f} s; "
+        f"SageMaker harness: {medians['sagemaker'] - medians['local']:.2f} s over local, "
+        f"{medians['sagemaker'] - medians['container']:.2f} s over container.",
     ]
     text = "\n".join(lines) + "\n"
     print(text)

@@ -177,3 +177,38 @@ def ingest_task(root: Path, params: dict[str, object], write: bool = True) -> St
     if write:
         storage.write_text(task.task_uri, task.to_json())
     return task
+
+
+SAGEMAKER_ROLE = "arn:aws:iam::123456789012:role/batchline-sagemaker"
+
+
+@pytest.fixture(scope="module")
+def sagemaker_harness(moto_server: str, stage_images: dict[str, str],
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """One SageMaker stand-in per module (tests/sagemaker_harness.py): the SageMaker API on
+    loopback running the real stage images with podman; S3 and CloudWatch Logs stay on
+    moto. AWS_ENDPOINT_URL_SAGEMAKER points the SDK at it for the module only."""
+    from sagemaker_harness import SageMakerHarness
+
+    # ml.t3.medium is made tiny here, so tests can provoke an out-of-memory kill.
+    harness = SageMakerHarness(tmp_path_factory.mktemp("sagemaker"), grace_seconds=1,
+                               instance_memory={"ml.t3.medium": "192m"}).start()
+    saved = os.environ.get("AWS_ENDPOINT_URL_SAGEMAKER")
+    os.environ["AWS_ENDPOINT_URL_SAGEMAKER"] = harness.url
+    yield harness
+    harness.close()
+    if saved is None:
+        os.environ.pop("AWS_ENDPOINT_URL_SAGEMAKER", None)
+    else:
+        os.environ["AWS_ENDPOINT_URL_SAGEMAKER"] = saved
+    assert harness.errors == []
+
+
+def sagemaker_backend(**options: object) -> object:
+    """The sagemaker backend as users build it, polling fast, with a session of its own."""
+    import boto3
+
+    from batchline.backends.sagemaker import SageMakerBackend
+
+    return SageMakerBackend(role_arn=SAGEMAKER_ROLE, poll_seconds=0.2,
+                            session=boto3.Session(region_name="us-east-1"), **options)

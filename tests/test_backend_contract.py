@@ -1,10 +1,12 @@
-"""One contract, every backend: the same tests on local, container and Kubernetes.
+"""One contract, every backend: the same tests on local, container, Kubernetes and SageMaker.
 
 Each test builds real StageTasks from jobs/readmission.yaml (as the launcher
 does), keeps every byte on moto's S3 server over HTTP, and runs them through a
 backend built the way users get it: `get_backend(name, options)`, or for
 Kubernetes the backend against kmock's API on loopback, where `PodmanKubelet`
-runs each Job's pod from the real stage image with `podman kube play`.
+runs each Job's pod from the real stage image with `podman kube play`, or for
+SageMaker the backend against `SageMakerHarness`, which runs each job's real
+image with podman under the /opt/ml contract.
 A behaviour a platform cannot show is left out of that test's parametrization,
 with the reason next to it.
 """
@@ -27,7 +29,13 @@ import boto3
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import RUNAWAY_FEATURES, SPEC, committed_encounters, eventually
+from conftest import (
+    RUNAWAY_FEATURES,
+    SPEC,
+    committed_encounters,
+    eventually,
+    sagemaker_backend,
+)
 from kube_cluster import Cluster, PodmanKubelet
 
 from batchline import layout, storage
@@ -44,7 +52,7 @@ from batchline.task import Resources, StageTask
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
 
-BACKENDS = ["local", "container", "kubernetes"]
+BACKENDS = ["local", "container", "kubernetes", "sagemaker"]
 NAMESPACE = "batchline"
 SECRET = "batchline-aws"
 # Short grace between SIGTERM and SIGKILL: the runaway query sits in DuckDB's
@@ -85,6 +93,7 @@ class Platform:
     name: str
     backend: Backend[Any]
     kube: Kube | None = None
+    harness: Any = None  # the SageMaker stand-in
 
     def run_id(self, what: str) -> str:
         return f"{what}-{self.name[:4]}-{uuid.uuid4().hex[:6]}"
@@ -95,6 +104,10 @@ class Platform:
             return handle.proc.poll() is None  # type: ignore[attr-defined]
         if self.name == "container":
             return bool(containers(handle.task.run_id))
+        if self.harness is not None:
+            job = self.harness.jobs[handle.ref]
+            return any(subprocess.run(["podman", "container", "exists", ctr],
+                                      check=False).returncode == 0 for ctr in job.containers)
         assert self.kube is not None
         pods = self.kube.kubelet.pods.get(handle.job, [])  # type: ignore[attr-defined]
         return any(subprocess.run(["podman", "pod", "exists", pod], check=False).returncode == 0
@@ -114,6 +127,10 @@ class Platform:
 def platform(request: pytest.FixtureRequest, moto_server: str,
              stage_images: dict[str, str]) -> Iterator[Platform]:
     name = request.param
+    if name == "sagemaker":
+        yield Platform(name, sagemaker_backend(), harness=request.getfixturevalue(
+            "sagemaker_harness"))
+        return
     if name != "kubernetes":
         yield Platform(name, get_backend(name, OPTIONS[name]))
         return
@@ -238,7 +255,9 @@ def test_bad_input_fails_fast_and_is_not_retried(platform: Platform, s3_bucket: 
 
 # The local backend sets no memory limit by design (a stage is a child process
 # of the launcher, bounded by the machine; see backends/local.py), so it has no
-# limit to be killed at and is not part of this test.
+# limit to be killed at and is not part of this test. On SageMaker the limit is
+# the instance type's memory, not resources.memory: its out-of-memory test is in
+# tests/test_sagemaker_backend.py.
 @pytest.mark.parametrize("platform", ["container", "kubernetes"], indirect=True)
 def test_out_of_memory_names_the_setting_to_raise(platform: Platform, s3_bucket: str) -> None:
     spec = spec_with(upload_wide_parquet(s3_bucket),
@@ -280,6 +299,10 @@ def test_deadline_stops_the_stage(platform: Platform, s3_bucket: str, demo_csv: 
             handle.job, NAMESPACE, _preload_content=False).json()  # type: ignore[attr-defined]
         reasons = [c.get("reason") for c in job["status"]["conditions"] if c["type"] == "Failed"]
         assert reasons == ["DeadlineExceeded"]
+    if platform.harness is not None:  # SageMaker enforced MaxRuntimeInSeconds itself
+        job = platform.harness.jobs[handle.ref]
+        assert (job.status, job.request["StoppingCondition"]["MaxRuntimeInSeconds"]) == \
+            ("Stopped", 5)
 
 
 def test_cancel_stops_a_running_stage(platform: Platform, s3_bucket: str,
@@ -300,6 +323,9 @@ def test_cancel_stops_a_running_stage(platform: Platform, s3_bucket: str,
     if platform.kube is not None:  # the Job is deleted, and its pods with it
         assert not platform.kube.cluster.job_exists(handle.job)  # type: ignore[attr-defined]
         eventually(lambda: platform.pods(handle) == [], 30, "the pods to be deleted")
+    if platform.harness is not None:  # StopProcessingJob, and the job says Stopped
+        eventually(lambda: platform.harness.jobs[handle.ref].status == "Stopped", 30,
+                   "the job to be Stopped")
     assert nothing_committed(task)
 
 
@@ -369,6 +395,10 @@ def terminate_shard_once(platform: Platform, task_uri: str, run_id: str,
         done.wait(0.02)
 
 
+# SageMaker runs the same fault (host algo-2 terminated mid-run, only its shard
+# computed again) inside tests/test_sagemaker_backend.py's end-to-end run: one
+# pipeline run instead of two keeps the CI time within its budget.
+@pytest.mark.parametrize("platform", ["local", "container", "kubernetes"], indirect=True)
 def test_failed_shard_is_retried_alone(platform: Platform, s3_bucket: str,
                                        demo_csv: Path) -> None:
     spec = spec_with(upload_demo(demo_csv, s3_bucket), stages__score__shards=2)

@@ -59,9 +59,7 @@ def test_runs_under_faults_succeed_or_resume_to_a_clean_result(
     assert "Traceback" not in faulty.stderr
     assert sum(proxy.counts.faults.values()) > 0, proxy.counts
     if faulty.returncode != 0:
-        # 3: storage failed in the launcher (StorageUnavailable); 1: a stage failed
-        # on it (StageFailed, which the CLI's new exit codes also turn into 3).
-        assert faulty.returncode in (1, 3), faulty.stderr
+        assert faulty.returncode == 3, faulty.stderr
         assert "cannot" in faulty.stderr and "resume" in faulty.stderr, faulty.stderr
         resumed = _run(root, source, command="resume")
         assert resumed.returncode == 0, resumed.stderr

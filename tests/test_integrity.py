@@ -157,7 +157,7 @@ def test_a_full_disk_fails_clearly_and_leaves_no_temp_files(small_disk: Path,
     root = small_disk / "store"
     result = run_cli("run", str(SPEC), "--storage", str(root), "--run-id", "full",
                      "--set", f"stages.ingest.params.source={demo_csv}")
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr
     assert "the disk is full" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
     _no_stray_files(small_disk)

@@ -10,6 +10,7 @@ an intended change to kubernetes_job.py; review the diff before committing.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -512,3 +513,60 @@ def test_rendered_deadlines_leave_each_stage_its_own_timeout() -> None:
             assert args[-2:] == ["--wait-inputs", str(waits[stage])], stage
         else:
             assert "--wait-inputs" not in args, stage
+
+
+def test_submit_creates_one_hardened_launcher_job_that_resumes_the_run(
+        moto_server: str, s3_bucket: str, tmp_path: Path) -> None:
+    """`submit --backend kubernetes`: the manifest first, then a launcher Job in the
+    cluster (kmock's API over HTTP) that resumes it, in-cluster; a repeated create of
+    the same run's Job (a lost response) keeps the one Job."""
+    from kube_cluster import Cluster
+
+    from batchline.backends.kubernetes import Options
+    from batchline.backends.kubernetes_launcher import create_launcher_job
+    from batchline.manifest import RunManifest
+
+    cluster = Cluster(namespace="batchline")
+    try:
+        kubeconfig = cluster.kubeconfig(tmp_path / "kubeconfig")
+        root = f"{s3_bucket}/root"
+        result = run_cli("submit", str(SPEC), "--storage", root, "--backend", "kubernetes",
+                         "--run-id", "sub1", "--secret", "batchline-storage",
+                         "--set", f"stages.ingest.params.source={s3_bucket}/landing/e.csv",
+                         env={"KUBECONFIG": str(kubeconfig)})
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "sub1"
+        manifest = RunManifest.load(root, "sub1")
+        assert manifest.state == "pending" and manifest.backend == "kubernetes"
+        jobs = cluster.batch.list_namespaced_job("batchline").items
+        assert [j.metadata.name for j in jobs] == ["batchline-launch-sub1"]
+        job = cluster.api_client.sanitize_for_serialization(jobs[0])
+        for key in ("status", "creationTimestamp", "uid", "resourceVersion"):
+            job.pop(key, None)
+            job["metadata"].pop(key, None)
+        for version in VERSIONS:
+            kubernetes_validate.validate(job, version, strict=True)
+        _check_names_and_labels("launcher job", job)
+        _assert_hardened("launcher job", job["spec"]["template"])
+        pod = job["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == "batchline-launcher"
+        container = pod["containers"][0]
+        assert container["image"] == "localhost/batchline-launcher:0.1.0"
+        assert container["args"] == ["resume", "sub1", "--storage", root, "--backend",
+                                     "kubernetes", "--in-cluster", "--namespace", "batchline",
+                                     "--secret", "batchline-storage"]
+        assert container["envFrom"] == [{"secretRef": {"name": "batchline-storage"}}]
+        assert "testing" not in json.dumps(job)  # the submitter's keys stay with it
+        # A retried create finds the Job there and keeps it.
+        options = Options(namespace="batchline", kubeconfig=str(kubeconfig))
+        assert create_launcher_job("sub1", root, "img", options) == \
+            "batchline/batchline-launch-sub1"
+        assert len(cluster.batch.list_namespaced_job("batchline").items) == 1
+        # The same run id again is refused before anything is created.
+        again = run_cli("submit", str(SPEC), "--storage", root, "--backend", "kubernetes",
+                        "--run-id", "sub1",
+                        "--set", f"stages.ingest.params.source={s3_bucket}/landing/e.csv",
+                        env={"KUBECONFIG": str(kubeconfig)})
+        assert again.returncode == 2 and "already exists" in again.stderr
+    finally:
+        cluster.close()

@@ -58,8 +58,9 @@ class Cause(enum.StrEnum):
 
     @property
     def retryable(self) -> bool:
-        """Bad input never heals; preemption and transient errors may."""
-        return self in {Cause.EVICTED, Cause.USER_ERROR}
+        """Bad input never heals; preemption, transient errors and a lack of
+        capacity (SageMaker's InsufficientCapacity, a cluster still scaling up) may."""
+        return self in {Cause.EVICTED, Cause.USER_ERROR, Cause.UNSCHEDULABLE}
 
     def advice(self, stage: str, code: int | None = None) -> str:
         """One line a person can act on, naming the spec path to change."""
@@ -68,19 +69,23 @@ class Cause(enum.StrEnum):
 
 ADVICE: dict[Cause, str] = {
     Cause.SUCCEEDED: "stage '{stage}' succeeded",
-    Cause.BAD_INPUT: "stage '{stage}' rejected its input (exit 2); fix the data or spec named "
-                     "above and resume the run",
+    Cause.BAD_INPUT: "stage '{stage}' rejected its input (exit 2); fix the data or the spec "
+                     "field named above, then resume the run with the fix "
+                     "(`batchline resume RUN --set FIELD=VALUE`)",
     Cause.OUT_OF_MEMORY: "stage '{stage}' ran out of memory (exit {code}); raise "
                          "stages.{stage}.resources.memory in the spec and resume the run",
     Cause.EVICTED: "stage '{stage}' was evicted or preempted; resume the run "
                    "(no retry was used up)",
-    Cause.IMAGE_PULL: "stage '{stage}' could not pull its image; check the image name and "
-                      "registry credentials (imagePullSecrets)",
+    Cause.IMAGE_PULL: "stage '{stage}' could not get its image; check stages.{stage}.image, "
+                      "that the image was built or pushed (`make images`), and the registry's "
+                      "credentials on the backend",
     Cause.UNSCHEDULABLE: "stage '{stage}' could not be scheduled; lower "
                          "stages.{stage}.resources or check stages.{stage}.node_selector "
-                         "and tolerations",
+                         "and tolerations (on SageMaker: another "
+                         "sagemaker.instance_types.{stage}, or retry later)",
     Cause.DEADLINE: "stage '{stage}' hit its deadline; raise "
                     "stages.{stage}.resources.timeout_seconds",
-    Cause.USER_ERROR: "stage '{stage}' failed (exit {code}); see the log lines above",
+    Cause.USER_ERROR: "stage '{stage}' failed (exit {code}); its last log lines say why "
+                      "(all of them: `batchline logs RUN {stage}`)",
     Cause.CANCELLED: "stage '{stage}' was cancelled",
 }

@@ -1,185 +1,64 @@
-"""The command line: `batchline run | resume | runs | status | logs | explain | ...`.
+"""The command line: a thin layer over batchline.Client (client.py).
 
-The CLI is an edge: it parses options, builds a backend and a Launcher, shows
-progress, and turns BatchlineError into a one-paragraph message and an exit
-code (2 for bad input), never a traceback.
+It parses options, prints (cli_output.py), and turns every BatchlineError into
+a one-paragraph message and an exit code, never a traceback:
+
+    0 succeeded · 2 bad input, spec, option or unknown name · 3 a run that failed
+    for another cause (storage down included) · 124 `wait` timed out · 130 cancelled
+
+Only typer is imported up front, so `batchline --help` answers at once; each
+command imports what it needs.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
 
-from batchline import layout, storage
-from batchline.backends import BACKENDS, REMOTE, get_backend
-from batchline.errors import BatchlineError, SpecError, StageFailed
-from batchline.launcher import Launcher, resume_hint
-from batchline.manifest import RunManifest, StageState, list_runs
-from batchline.spec import PipelineSpec, load_spec, parse_set, parse_spec
-from batchline.stages import STAGES
+from batchline import __version__
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+if TYPE_CHECKING:
+    from batchline.client import Client
+    from batchline.errors import BatchlineError
+    from batchline.manifest import RunManifest
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Model-building jobs as four containerized batch stages.")
-console = Console(stderr=True)
-out = Console()
-DEFAULT_STORAGE = "./batchline-data"
 T = TypeVar("T")
+BACKEND_NAMES = "local, container, kubernetes, sagemaker"
 
+# -- options shared by several commands ------------------------------------------------------
+RunStorageOpt = Annotated[str | None, typer.Option(
+    "--storage", help="storage root, a folder or s3://bucket/prefix [default: "
+    "$BATCHLINE_STORAGE, else the spec's `storage`, else ./batchline-data]")]
 StorageOpt = Annotated[str | None, typer.Option(
-    "--storage", help="storage root (local folder or s3://bucket/prefix); "
-    "default: the spec's, or $BATCHLINE_STORAGE")]
-BackendOpt = Annotated[str, typer.Option("--backend", help=", ".join(BACKENDS))]
+    "--storage", help="storage root, a folder or s3://bucket/prefix [default: "
+    "$BATCHLINE_STORAGE, else ./batchline-data]")]
+SpecArg = Annotated[str, typer.Argument(metavar="SPEC", help="pipeline spec (YAML file)")]
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="run id (`batchline runs` lists "
+                                       "them)")]
+BackendOpt = Annotated[str, typer.Option("--backend", help=f"where stages run: "
+                                         f"{BACKEND_NAMES}")]
+SetOpt = Annotated[list[str] | None, typer.Option(
+    "--set", help="override a spec field, FIELD=VALUE (YAML value), e.g. "
+    "stages.train.params.num_leaves=63; repeatable")]
 OptionOpt = Annotated[list[str] | None, typer.Option(
     "--option", "-o", help="a backend option, KEY=VALUE (see docs/extending.md); overrides "
-    "the spec's backends.<name> section")]
-
-
-def _guard(fn: Callable[[], T]) -> T:
-    """Run a command body; print BatchlineErrors without a traceback and exit."""
-    try:
-        return fn()
-    except StageFailed as exc:
-        # Messages and logs are data: escaped, so a "[...]" in them prints as is.
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        if exc.log_tail:
-            console.print("[dim]last log lines:[/dim]")
-            console.print(exc.log_tail, markup=False, highlight=False)
-        raise typer.Exit(exc.exit_code) from None
-    except BatchlineError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(exc.exit_code) from None
-
-
-def _root(storage_opt: str | None, spec: PipelineSpec | None = None) -> str:
-    root = storage_opt or os.environ.get("BATCHLINE_STORAGE") or (
-        spec.storage if spec else DEFAULT_STORAGE)
-    storage.resolve(root)  # refuses s3:// without a bucket, unknown schemes
-    if "://" not in root:
-        root = os.path.abspath(root)
-        if os.path.exists(root) and not os.path.isdir(root):
-            raise SpecError(f"--storage {root} is a file; give a folder or s3://bucket/prefix")
-    return root.rstrip("/")
-
-
-def _backend_options(name: str, spec: PipelineSpec, given: dict[str, Any],
-                     pairs: list[str] | None) -> dict[str, Any]:
-    """The spec's `backends.<name>` section, then the command line's options on top."""
-    options = {**spec.backend_options(name), **{k: v for k, v in given.items() if v}}
-    for key, value in parse_set(pairs or []).items():
-        options[key] = value
-    return options
-
-
-def _require_remote(spec: PipelineSpec, root: str, backend: str) -> None:
-    """Stages that run on other machines cannot see this machine's folders."""
-    if backend not in REMOTE:
-        return
-    uris = [("--storage", root)]
-    for stage in spec.stages:
-        params = spec.stages[stage].params
-        uris += [(f"stages.{stage}.params.{p}", str(params.get(p, "")))
-                 for p in STAGES[stage].source_params]
-    for name, uri in uris:
-        if not uri.startswith("s3://"):
-            raise SpecError(f"--backend {backend}: {name} is {uri!r}; its pods cannot see "
-                            "this machine's folders, use an s3:// URI")
-
-
-def _stage_table(manifest: RunManifest) -> Table:
-    table = Table(title=f"run {manifest.run_id} ({manifest.state})", title_justify="left")
-    for col in ("stage", "state", "rows", "elapsed", "detail"):
-        table.add_column(col, justify="right" if col in ("rows", "elapsed") else "left")
-    now = time.time()
-    for stage, entry in manifest.stages.items():
-        started, ended = entry.started_at, entry.ended_at
-        elapsed = f"{(ended or now) - started:.1f}s" if started else ""
-        rows = f"{entry.rows:,}" if entry.rows is not None else ""
-        color = {"succeeded": "green", "reused": "cyan", "failed": "red",
-                 "running": "yellow"}.get(entry.state, "white")
-        table.add_row(stage, f"[{color}]{entry.state}[/{color}]", rows, elapsed,
-                      escape(_detail(entry)))
-    return table
-
-
-def _detail(entry: Any) -> str:
-    if entry.state is not StageState.RUNNING:
-        return str(entry.reason)
-    attempt = entry.attempts[-1].number if entry.attempts else 1
-    return f"attempt {attempt} {entry.phase}".rstrip()
-
-
-def _summary(manifest: RunManifest, seconds: float) -> None:
-    stages = manifest.stages
-    launched = sum(1 for s in stages.values() if s.state is StageState.SUCCEEDED)
-    reused = sum(1 for s in stages.values() if s.state is StageState.REUSED)
-    out.print(_stage_table(manifest))
-    for stage, entry in stages.items():
-        if entry.metrics:
-            shown = ", ".join(f"{k} {_number(v)}" for k, v in entry.metrics.items())
-            out.print(f"{stage}: {shown}", markup=False, highlight=False, soft_wrap=True)
-        for warning in entry.warnings:
-            out.print(f"[yellow]warning:[/yellow] {stage}: {escape(warning)}", highlight=False,
-                      soft_wrap=True)
-    out.print(f"{launched} stages launched, {reused} reused, {seconds:.1f}s; "
-              f"manifest {layout.manifest_uri(manifest.root, manifest.run_id)}",
-              soft_wrap=True, highlight=False)
-
-
-def _number(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
-
-
-def _line_printer() -> Callable[[RunManifest], None]:
-    """Without a terminal (CI, a launcher pod's log), one line per stage state change."""
-    seen: dict[str, tuple[str, str]] = {}
-
-    def on_change(manifest: RunManifest) -> None:
-        for stage, entry in manifest.stages.items():
-            state = (str(entry.state), entry.phase)
-            if seen.get(stage) != state and entry.state is not StageState.PENDING:
-                seen[stage] = state
-                console.print(f"{time.strftime('%H:%M:%S')} {manifest.run_id} {stage}: "
-                              f"{entry.state} {_detail(entry)}", markup=False, highlight=False,
-                              soft_wrap=True)
-    return on_change
-
-
-def _launch(spec: PipelineSpec, root: str, backend_name: str, run_id: str,
-            stages: list[str] | None, options: dict[str, Any], verify: bool = False,
-            force: list[str] | None = None) -> None:
-    _require_remote(spec, root, backend_name)
-    backend = get_backend(backend_name, options, where=f"--option (backend {backend_name})")
-    started = time.monotonic()
-    live = Live(console=console, refresh_per_second=4, transient=True) \
-        if console.is_terminal else None
-    launcher = Launcher(spec, root, backend, run_id, stages,
-                        on_change=(lambda m: live.update(_stage_table(m))) if live
-                        else _line_printer(), verify=verify, force=force)
-    try:
-        if live:
-            with live:
-                launcher.run()
-        else:
-            launcher.run()
-    except StageFailed:
-        _summary(launcher.manifest, time.monotonic() - started)
-        console.print(resume_hint(run_id, root), markup=False, highlight=False)
-        raise
-    _summary(launcher.manifest, time.monotonic() - started)
-
-
+    "the spec's backends.<name> section; repeatable")]
+StagesOpt = Annotated[str | None, typer.Option(
+    "--stages", help="comma-separated stages to run; upstream ones are reused when "
+    "committed [default: all]")]
+RunIdOpt = Annotated[str | None, typer.Option(
+    "--run-id", help="the run's id: 1-32 lowercase letters, digits, '-' [default: pipeline "
+    "name, date and a random suffix]")]
 NamespaceOpt = Annotated[str | None, typer.Option(help="Kubernetes namespace (backend option "
                                                   "namespace)")]
 ContextOpt = Annotated[str | None, typer.Option(help="kubeconfig context (backend option "
@@ -190,31 +69,154 @@ SecretOpt = Annotated[str | None, typer.Option(help="Kubernetes Secret with stor
                                                "credentials for stage pods (backend option "
                                                "secret)")]
 VerifyOpt = Annotated[bool, typer.Option("--verify", help="check the sha256 of every file "
-                                         "before reusing a cached stage")]
+                                         "before reusing a committed stage")]
 ForceOpt = Annotated[str | None, typer.Option("--force", help="comma-separated stages to "
                                               "rerun even if their outputs could be reused")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="rerun every selected stage; "
+                                          "reuse nothing")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON document (schema: "
+                                       "docs/run-report.schema.json) on stdout instead of "
+                                       "tables")]
+TimeoutOpt = Annotated[float | None, typer.Option(
+    "--timeout", min=0, help="give up after this many seconds (exit 124; the run goes on) "
+    "[default: wait for the end]")]
 
 
-def _shorthands(namespace: str | None, context: str | None, in_cluster: bool,
-                secret: str | None) -> dict[str, Any]:
-    """The backend-option flags kept for convenience; a backend without them says so."""
-    return {"namespace": namespace, "context": context, "in_cluster": in_cluster,
-            "secret": secret}
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"batchline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True,
+        help="print the version and exit")] = False) -> None:
+    """Model-building jobs as four containerized batch stages."""
+
+
+# -- printing -----------------------------------------------------------------------------
+def _say(text: str, err: bool = False) -> None:
+    """One line as is: never wrapped, never interpreted as markup."""
+    stream = sys.stderr if err else sys.stdout
+    stream.write(text + "\n")
+    stream.flush()
+
+
+def _show_manifest(manifest: RunManifest) -> None:
+    from batchline import cli_output
+
+    if cli_output.is_terminal(sys.stdout):
+        from rich.console import Console
+
+        Console().print(cli_output.stage_table(manifest))
+    else:
+        for line in cli_output.stage_lines(manifest):
+            _say(line)
+
+
+def _fail(exc: BatchlineError) -> NoReturn:
+    from batchline.client import error_exit_code
+    from batchline.errors import StageFailed
+
+    _say(f"error: {exc}", err=True)
+    if isinstance(exc, StageFailed) and exc.log_tail:
+        _say("last log lines:", err=True)
+        _say(exc.log_tail.rstrip("\n"), err=True)
+    raise typer.Exit(error_exit_code(exc))
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Run a command body; print BatchlineErrors without a traceback and exit."""
+    from batchline.errors import BatchlineError
+
+    try:
+        return fn()
+    except BatchlineError as exc:
+        _fail(exc)
+
+
+def _client(storage_opt: str | None) -> Client:
+    from batchline.client import Client
+
+    return Client(storage_opt)
 
 
 def _names(value: str | None) -> list[str] | None:
     return [s.strip() for s in value.split(",") if s.strip()] if value is not None else None
 
 
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    from batchline.spec import parse_set
+
+    return parse_set(pairs or [])
+
+
+def _options(pairs: list[str] | None, namespace: str | None = None, context: str | None = None,
+             in_cluster: bool = False, secret: str | None = None) -> dict[str, Any]:
+    """Backend options: the shorthand flags, then every --option on top."""
+    given = {"namespace": namespace, "context": context, "in_cluster": in_cluster,
+             "secret": secret}
+    return {**{k: v for k, v in given.items() if v}, **_overrides(pairs)}
+
+
+def _sigterm_as_interrupt() -> None:
+    """A launcher told to stop (kill, a deleted pod) cancels its stages as Ctrl-C does."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt("stopped by SIGTERM")
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _follow(start: Callable[[Any, Any], RunManifest], as_json: bool) -> None:
+    """Run or resume with progress; print the summary (or JSON) and exit by the result."""
+    from batchline import cli_output, report
+    from batchline.client import EXIT_CANCELLED, exit_code
+    from batchline.errors import BatchlineError, RunCancelled
+
+    _sigterm_as_interrupt()
+    started = time.monotonic()
+    progress = cli_output.Progress()
+    manifest, error = None, None
+    try:
+        with progress:
+            manifest = start(progress.on_change, progress.on_tick)
+    except KeyboardInterrupt as exc:
+        error = RunCancelled(str(exc) or "cancelled (interrupted)")
+        manifest = getattr(exc, "manifest", None)
+    except BatchlineError as exc:
+        error, manifest = exc, exc.manifest  # type: ignore[assignment]
+    if manifest is None or (error is not None and not manifest.state.ended):
+        # Nothing ran (bad input), or the run is not ours to report (locked by
+        # another launcher): the error alone.
+        _fail(error)  # type: ignore[arg-type]
+    if as_json:
+        _say(report.to_json(manifest))
+    else:
+        for line in cli_output.summary_lines(manifest, time.monotonic() - started):
+            _say(line)
+    if error is not None:
+        if not as_json:
+            from batchline.launcher import resume_hint
+
+            _say(f"error: {error}", err=True)
+            tail = getattr(error, "log_tail", "")
+            if tail:
+                _say("last log lines:", err=True)
+                _say(tail.rstrip("\n"), err=True)
+            _say(resume_hint(manifest.run_id, manifest.root), err=True)
+        code = exit_code(manifest)
+        raise typer.Exit(EXIT_CANCELLED if isinstance(error, RunCancelled) else code or 3)
+
+
+# -- starting runs -----------------------------------------------------------------------
 @app.command()
 def run(
-    spec_path: Annotated[str, typer.Argument(metavar="SPEC", help="pipeline spec YAML")],
-    storage_opt: StorageOpt = None,
-    stages: Annotated[str | None, typer.Option("--stages", help="comma-separated subset")] = None,
-    run_id: Annotated[str | None, typer.Option("--run-id")] = None,
+    spec_path: SpecArg,
+    storage_opt: RunStorageOpt = None,
+    stages: StagesOpt = None,
+    run_id: RunIdOpt = None,
     backend: BackendOpt = "local",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a spec field: "
-                                                   "stages.train.params.num_leaves=63")] = None,
+    set_: SetOpt = None,
     option: OptionOpt = None,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
@@ -222,189 +224,292 @@ def run(
     secret: SecretOpt = None,
     verify: VerifyOpt = False,
     force: ForceOpt = None,
+    no_cache: NoCacheOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Run a pipeline: every stage, or --stages; unchanged stages are reused."""
-    def body() -> None:
-        spec = load_spec(spec_path, parse_set(set_ or []))
-        spec = _absolute_sources(spec)
-        root = _root(storage_opt, spec)
-        rid = layout.check_run_id(run_id) if run_id is not None else layout.new_run_id(spec.name)
-        given = _shorthands(namespace, context, in_cluster, secret)
-        _launch(spec, root, backend, rid, _names(stages),
-                _backend_options(backend, spec, given, option), verify, _names(force))
-    _guard(body)
-
-
-def _absolute_sources(spec: PipelineSpec) -> PipelineSpec:
-    """Make relative local sources absolute, so stage processes anywhere find them."""
-    overrides = {}
-    for stage, stage_spec in spec.stages.items():
-        for name in STAGES[stage].source_params:
-            source = str(stage_spec.params.get(name, ""))
-            if source and "://" not in source and not os.path.isabs(source):
-                overrides[f"stages.{stage}.params.{name}"] = os.path.abspath(source)
-    return parse_spec(spec.model_dump(mode="json"), "<spec>", overrides) if overrides else spec
+    """Run a pipeline to its end: every stage, or --stages; unchanged stages are reused."""
+    def start(on_change: Any, on_tick: Any) -> RunManifest:
+        return _client(storage_opt).run(
+            spec_path, sets=_overrides(set_), stages=_names(stages), backend=backend,
+            options=_options(option, namespace, context, in_cluster, secret), run_id=run_id,
+            force=_names(force), no_cache=no_cache, verify=verify, on_change=on_change,
+            on_tick=on_tick)
+    _follow(start, as_json)
 
 
 @app.command()
-def resume(
-    run_id: Annotated[str, typer.Argument(metavar="RUN")],
-    storage_opt: StorageOpt = None,
-    backend: Annotated[str | None, typer.Option("--backend")] = None,
+def submit(
+    spec_path: SpecArg,
+    storage_opt: RunStorageOpt = None,
+    stages: StagesOpt = None,
+    run_id: RunIdOpt = None,
+    backend: BackendOpt = "local",
+    set_: SetOpt = None,
     option: OptionOpt = None,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
     in_cluster: InClusterOpt = False,
     secret: SecretOpt = None,
     verify: VerifyOpt = False,
+    force: ForceOpt = None,
+    no_cache: NoCacheOpt = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Rerun a run from the first stage that did not commit (same spec, same run id)."""
+    """Start a run and print its id at once (its launcher runs detached); then `wait`."""
     def body() -> None:
-        root = _root(storage_opt)
-        manifest = RunManifest.load(root, layout.check_run_id(run_id))
-        spec = parse_spec(manifest.spec, f"manifest of run {run_id}")
-        name = backend or manifest.backend
-        given = _shorthands(namespace, context, in_cluster, secret)
-        _launch(spec, root, name, run_id, manifest.selected_stages,
-                _backend_options(name, spec, given, option), verify)
+        client = _client(storage_opt)
+        rid = client.submit(
+            spec_path, sets=_overrides(set_), stages=_names(stages), backend=backend,
+            options=_options(option, namespace, context, in_cluster, secret), run_id=run_id,
+            force=_names(force), no_cache=no_cache, verify=verify)
+        _say(json.dumps({"run_id": rid}) if as_json else rid)
     _guard(body)
 
 
 @app.command()
-def runs(storage_opt: StorageOpt = None) -> None:
+def resume(
+    run_id: RunArg,
+    storage_opt: StorageOpt = None,
+    backend: Annotated[str | None, typer.Option(
+        "--backend", help=f"where stages run: {BACKEND_NAMES} [default: the run's]")] = None,
+    set_: SetOpt = None,
+    option: OptionOpt = None,
+    namespace: NamespaceOpt = None,
+    context: ContextOpt = None,
+    in_cluster: InClusterOpt = False,
+    secret: SecretOpt = None,
+    verify: VerifyOpt = False,
+    force: ForceOpt = None,
+    no_cache: NoCacheOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Continue a run from the first stage that did not commit; --set changes its spec
+    (recorded; `explain` shows it), and a stage whose inputs changed runs again."""
+    def start(on_change: Any, on_tick: Any) -> RunManifest:
+        return _client(storage_opt).resume(
+            run_id, sets=_overrides(set_), backend=backend,
+            options=_options(option, namespace, context, in_cluster, secret),
+            force=_names(force), no_cache=no_cache, verify=verify, on_change=on_change,
+            on_tick=on_tick)
+    _follow(start, as_json)
+
+
+# -- following runs ------------------------------------------------------------------------
+@app.command()
+def wait(run_id: RunArg, storage_opt: StorageOpt = None, timeout: TimeoutOpt = None,
+         as_json: JsonOpt = False) -> None:
+    """Wait for a run to end and exit with its code (0, 2, 3, 130; 124 on --timeout)."""
+    def body() -> None:
+        from batchline import report
+        from batchline.client import exit_code
+
+        manifest = _client(storage_opt).wait(run_id, timeout)
+        if as_json:
+            _say(report.to_json(manifest))
+        else:
+            _show_manifest(manifest)
+        raise typer.Exit(exit_code(manifest))
+    _guard(body)
+
+
+@app.command()
+def cancel(run_id: RunArg, storage_opt: StorageOpt = None,
+           timeout: Annotated[float, typer.Option(
+               "--timeout", min=0, help="seconds to wait for the launcher to stop its "
+               "stages")] = 60.0) -> None:
+    """Stop every running stage of a run on its backend and mark the run cancelled."""
+    def body() -> None:
+        manifest = _client(storage_opt).cancel(run_id, timeout)
+        _show_manifest(manifest)
+    _guard(body)
+
+
+@app.command()
+def runs(storage_opt: StorageOpt = None, as_json: Annotated[bool, typer.Option(
+        "--json", help="print a JSON list of run reports")] = False) -> None:
     """List the runs under a storage root, oldest first."""
     def body() -> None:
-        table = Table("run", "pipeline", "state", "backend", "created", "stages")
-        table.columns[0].no_wrap = True
-        manifests, unreadable = list_runs(_root(storage_opt))
+        from batchline import cli_output, report
+
+        manifests, unreadable = _client(storage_opt).runs()
+        if as_json:
+            _say(json.dumps([report.run_report(m).model_dump(mode="json", by_alias=True)
+                             for m in manifests], indent=2))
+            return
+        rows = []
         for m in manifests:
-            states = " ".join(f"{s}:{e.state}" for s, e in m.stages.items())
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created_at))
-            table.add_row(m.run_id, m.pipeline, str(m.state), m.backend, created, states)
-        for run_id in unreadable:
-            table.add_row(run_id, "", "[red]unreadable[/red]", "", "",
-                          "manifest missing or damaged: `batchline status` says more")
-        out.print(table)
+            states = " ".join(f"{s}:{e.state}" for s, e in m.stages.items())
+            rows.append((m.run_id, m.pipeline, m.shown_state(), m.backend, created, states))
+        rows += [(rid, "", "unreadable", "", "", "manifest missing or damaged: "
+                  "`batchline status` says more") for rid in unreadable]
+        if cli_output.is_terminal(sys.stdout):
+            from rich.console import Console
+            from rich.table import Table
+
+            table = Table("run", "pipeline", "state", "backend", "created", "stages")
+            table.columns[0].no_wrap = True
+            for row in rows:
+                table.add_row(*row)
+            Console().print(table)
+        else:
+            for row in rows:
+                _say("\t".join(row))
     _guard(body)
 
 
 @app.command()
-def status(run_id: Annotated[str, typer.Argument(metavar="RUN")],
-           storage_opt: StorageOpt = None) -> None:
-    """Show one run's stages: state, rows, time, and why."""
+def status(run_id: RunArg, storage_opt: StorageOpt = None, as_json: JsonOpt = False) -> None:
+    """Show one run's stages (state, rows, time, why) and exit with the run's code
+    (0 while it runs)."""
     def body() -> None:
-        manifest = RunManifest.load(_root(storage_opt), layout.check_run_id(run_id))
-        out.print(_stage_table(manifest))
-        for stage, entry in manifest.stages.items():
-            if entry.state is StageState.FAILED:
-                out.print(f"[red]{stage}[/red]: {escape(entry.reason)}\n"
-                          f"{escape(entry.error)}", highlight=False)
+        from batchline import report
+        from batchline.client import exit_code
+        from batchline.manifest import RunState, StageState
+
+        client = _client(storage_opt)
+        manifest = client.status(run_id)
+        if as_json:
+            _say(report.to_json(manifest))
+        else:
+            _show_manifest(manifest)
+            if manifest.reason and manifest.state is not RunState.SUCCEEDED:
+                _say(f"run: {manifest.reason}")
+            for stage, entry in manifest.stages.items():
+                if entry.state is StageState.FAILED:
+                    _say(f"{stage}: {entry.reason}\n{entry.error}".rstrip())
+                    tail = _log_tail(client, run_id, stage)
+                    if tail:
+                        _say(f"last log lines of {stage}:\n{tail}")
+        running = manifest.shown_state() in ("pending", "running")
+        raise typer.Exit(0 if running else exit_code(manifest))
     _guard(body)
 
 
+def _log_tail(client: Client, run_id: str, stage: str, lines: int = 20) -> str:
+    from batchline.errors import BatchlineError
+
+    try:
+        text = client.logs(run_id, stage)
+    except BatchlineError:
+        return ""
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
 @app.command()
-def logs(run_id: Annotated[str, typer.Argument(metavar="RUN")],
-         stage: Annotated[str, typer.Argument(metavar="STAGE")],
-         attempt: Annotated[int | None, typer.Option(help="default: the last")] = None,
+def logs(run_id: RunArg,
+         stage: Annotated[str, typer.Argument(metavar="STAGE", help="stage name")],
+         attempt: Annotated[int | None, typer.Option(help="attempt number [default: the "
+                                                     "last]")] = None,
          storage_opt: StorageOpt = None) -> None:
     """Print a stage's log, kept in storage after pods and containers are gone."""
     def body() -> None:
-        root = _root(storage_opt)
-        manifest = RunManifest.load(root, layout.check_run_id(run_id))
-        if stage not in manifest.stages:
-            raise SpecError(f"run {run_id} has no stage {stage!r}; its stages: "
-                            f"{', '.join(manifest.stages)}")
-        attempts = manifest.stages[stage].attempts
-        chosen = [a for a in attempts if a.number == attempt] if attempt is not None else \
-            [a for a in attempts if attempts and a.number == attempts[-1].number]
-        uris = [uri for a in chosen for uri in a.logs]
-        if not uris:
-            raise SpecError(f"no logs for stage {stage} of run {run_id} "
-                            f"(state: {manifest.stages[stage].state}"
-                            + (f", attempt {attempt}" if attempt is not None else "") + ")")
-        for uri in uris:
-            sys.stdout.write(storage.read_text(uri))
+        sys.stdout.write(_client(storage_opt).logs(run_id, stage, attempt))
     _guard(body)
 
 
 @app.command()
-def explain(run_id: Annotated[str, typer.Argument(metavar="RUN")],
-            storage_opt: StorageOpt = None) -> None:
-    """Say for each stage why it ran or was reused."""
+def explain(run_id: RunArg, storage_opt: StorageOpt = None) -> None:
+    """Say for each stage why it ran or was reused, and what `resume --set` changed."""
     def body() -> None:
-        manifest = RunManifest.load(_root(storage_opt), layout.check_run_id(run_id))
-        for stage, entry in manifest.stages.items():
-            out.print(f"{stage:9} {entry.state:10} {entry.reason}",
-                      highlight=False, markup=False, soft_wrap=True)
+        for line in _client(storage_opt).explain(run_id):
+            _say(line)
     _guard(body)
 
 
+# -- specs, data and manifests --------------------------------------------------------------
 @app.command()
-def validate(spec_path: Annotated[str, typer.Argument(metavar="SPEC")],
-             set_: Annotated[list[str] | None, typer.Option("--set")] = None) -> None:
-    """Check a pipeline spec; exit 2 with the field path of every error."""
+def validate(spec_path: SpecArg, set_: SetOpt = None) -> None:
+    """Check a pipeline spec; exit 2 naming every bad field at once."""
     def body() -> None:
-        spec = load_spec(spec_path, parse_set(set_ or []))
-        out.print(f"{spec_path}: valid pipeline {spec.name!r} "
-                  f"({' -> '.join(spec.pipeline.order)})")
+        from batchline.spec import load_spec
+
+        spec = load_spec(spec_path, _overrides(set_))
+        _say(f"{spec_path}: valid pipeline {spec.name!r} ({' -> '.join(spec.pipeline.order)})")
     _guard(body)
 
 
 @app.command("demo-data")
-def demo_data(rows: Annotated[int, typer.Option(min=100)] = 100_000,
-              out_dir: Annotated[str, typer.Option("--out")] = "demo-data",
-              seed: int = 42) -> None:
+def demo_data(rows: Annotated[int, typer.Option(min=100, help="encounters to write")]
+              = 100_000,
+              out_dir: Annotated[str, typer.Option("--out", help="folder to write "
+                                                   "encounters.csv to")] = "demo-data",
+              seed: Annotated[int, typer.Option(help="random seed; the same seed gives the "
+                                                "same file")] = 42) -> None:
     """Write synthetic readmission encounters (CSV) with a known best AUC."""
     from batchline.demo_data import generate
 
     started = time.monotonic()
     summary = generate(rows, out_dir, seed=seed)
-    out.print(f"wrote {summary.rows:,} encounters ({summary.labelled:,} labelled, "
-              f"{summary.population:,} to score) to {summary.path} in "
-              f"{time.monotonic() - started:.1f}s; best achievable AUC {summary.best_auc:.4f} "
-              f"(recent fifth: {summary.best_auc_recent:.4f}), prevalence {summary.prevalence:.3f}")
+    _say(f"wrote {summary.rows:,} encounters ({summary.labelled:,} labelled, "
+         f"{summary.population:,} to score) to {summary.path} in "
+         f"{time.monotonic() - started:.1f}s; prevalence {summary.prevalence:.3f}")
+    _say(f"best achievable AUC on the validation slice (the most recent fifth of labelled "
+         f"rows, what train's time split validates on; the run summary's generator_best_auc): "
+         f"{summary.best_auc_recent:.4f}; on all labelled rows: {summary.best_auc:.4f}")
 
 
 @app.command()
-def render(spec_path: Annotated[str, typer.Argument(metavar="SPEC")],
-           backend: BackendOpt = "kubernetes",
-           run_id: Annotated[str | None, typer.Option("--run-id")] = None,
-           storage_opt: StorageOpt = None,
-           set_: Annotated[list[str] | None, typer.Option("--set")] = None,
+def render(spec_path: SpecArg,
+           backend: Annotated[str, typer.Option("--backend", help="kubernetes (Jobs as "
+                                                "YAML for kubectl) or sagemaker (requests "
+                                                "and IAM policies as JSON)")] = "kubernetes",
+           run_id: RunIdOpt = None,
+           storage_opt: RunStorageOpt = None,
+           set_: SetOpt = None,
            option: OptionOpt = None,
            secret: SecretOpt = None) -> None:
-    """Print one run's Kubernetes Jobs as YAML, for people who submit with kubectl."""
+    """Print one run's Kubernetes Jobs as YAML (for kubectl), or with --backend sagemaker
+    its Create*Job requests and IAM policies as JSON (for the aws CLI)."""
     def body() -> None:
         import yaml
 
+        from batchline import layout
         from batchline.backends import validate_options
-        from batchline.render import render_run
+        from batchline.client import _require_remote
+        from batchline.errors import SpecError
+        from batchline.render import render_run, render_sagemaker
+        from batchline.spec import load_spec
 
-        if backend != "kubernetes":
-            raise SpecError("render supports --backend kubernetes only")
-        spec = load_spec(spec_path, parse_set(set_ or []))
+        if backend not in ("kubernetes", "sagemaker"):
+            raise SpecError(f"render --backend {backend}: only kubernetes (Jobs) and sagemaker "
+                            "(Create*Job requests) have something to render; local and "
+                            "container runs start with `batchline run`")
+        spec = load_spec(spec_path, _overrides(set_))
         rid = layout.check_run_id(run_id) if run_id is not None else layout.new_run_id(spec.name)
-        root = _root(storage_opt, spec)
+        root = _client(storage_opt).root(spec)
         _require_remote(spec, root, backend)
-        options = validate_options(backend, _backend_options(backend, spec, {"secret": secret},
-                                                             option), "--option")
-        docs = render_run(spec, rid, root, options)
-        sys.stdout.write(yaml.safe_dump_all(docs, sort_keys=False))
+        given = {**spec.backend_options(backend), **_options(option, secret=secret)}
+        options = validate_options(backend, given, "--option")
+        if backend == "kubernetes":
+            sys.stdout.write(yaml.safe_dump_all(render_run(spec, rid, root, options),
+                                                sort_keys=False))
+            return
+        from batchline.backends.sagemaker_job import SageMakerOptions
+
+        # Only what the spec and --option say: nothing from this shell's
+        # environment ends up in requests meant for another account.
+        try:
+            rendered = render_sagemaker(spec, rid, root, SageMakerOptions(**given))
+        except ValueError as exc:
+            raise SpecError(str(exc)) from None
+        sys.stdout.write(json.dumps(rendered, indent=2) + "\n")
     _guard(body)
 
 
 @app.command()
 def infer(source: Annotated[str, typer.Argument(metavar="SOURCE", help="file, folder or glob")],
           rows: Annotated[int, typer.Option(min=1, help="rows to sample")] = 10_000,
-          format_: Annotated[str | None, typer.Option("--format", help="csv, jsonl or parquet; "
-                                                      "default: from the extension")] = None,
+          format_: Annotated[str | None, typer.Option("--format", help="csv, jsonl or parquet "
+                                                      "[default: from the extension]")] = None,
           delimiter: Annotated[str, typer.Option(help="CSV field separator")] = ",",
-          encoding: Annotated[str | None, typer.Option(help="text encoding; default UTF-8")]
+          encoding: Annotated[str | None, typer.Option(help="text encoding [default: UTF-8]")]
           = None) -> None:
     """Print a ready stages.ingest.params block (columns, types, roles) inferred from a sample."""
     def body() -> None:
         from pydantic import ValidationError
 
+        from batchline.errors import SpecError
         from batchline.infer import infer as infer_schema
         from batchline.infer import to_yaml
 

@@ -17,6 +17,8 @@ class BatchlineError(Exception):
     """Base of every error batchline raises on purpose."""
 
     exit_code = EXIT_RETRYABLE
+    # The run's manifest as it ended, when the error ended a run (set by the client).
+    manifest: object | None = None
 
 
 class SpecError(BatchlineError):
@@ -50,6 +52,18 @@ class StorageMisconfigured(BatchlineError):
     cannot help; the message says which setting to change."""
 
     exit_code = EXIT_BAD_INPUT
+
+
+class RunCancelled(BatchlineError):
+    """A run was cancelled (`batchline cancel`, Ctrl-C, SIGTERM); resume continues it."""
+
+    exit_code = 130  # 128 + SIGINT, as a shell reports an interrupted command
+
+
+class WaitTimedOut(BatchlineError):
+    """`wait --timeout` ran out before the run ended; the run goes on."""
+
+    exit_code = 124  # as coreutils' timeout(1)
 
 
 class BackendError(BatchlineError):

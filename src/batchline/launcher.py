@@ -20,9 +20,21 @@ from typing import Any
 from batchline import cache, layout, storage
 from batchline.backends.base import Backend, Handle
 from batchline.causes import Cause
-from batchline.errors import SpecError, StageFailed, StorageMisconfigured, StorageUnavailable
-from batchline.lease import Lease
-from batchline.manifest import Attempt, RunManifest, RunState, StageState, list_runs
+from batchline.errors import (
+    BatchlineError,
+    RunCancelled,
+    SpecError,
+    StageFailed,
+)
+from batchline.lease import Lease, LeaseLost
+from batchline.manifest import (
+    Attempt,
+    Change,
+    RunManifest,
+    RunState,
+    StageState,
+    list_runs,
+)
 from batchline.spec import PipelineSpec
 from batchline.spec_errors import did_you_mean
 from batchline.stages import STAGES
@@ -32,6 +44,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 10  # evictions do not use up retries, but never loop forever
 
 OnChange = Callable[[RunManifest], None]
+CANCEL_CHECK_SECONDS = 2.0  # how often a running launcher looks for `batchline cancel`
 
 
 class Launcher:
@@ -39,7 +52,9 @@ class Launcher:
 
     def __init__(self, spec: PipelineSpec, root: str, backend: Backend[Any], run_id: str,
                  stages: list[str] | None = None, on_change: OnChange | None = None,
-                 verify: bool = False, force: list[str] | None = None) -> None:
+                 verify: bool = False, force: list[str] | None = None,
+                 on_tick: OnChange | None = None,
+                 backend_options: dict[str, Any] | None = None) -> None:
         self.spec = spec
         self.pipeline = spec.pipeline
         for option, names in (("--stages", stages), ("--force", force)):
@@ -55,6 +70,9 @@ class Launcher:
         self.verify = verify
         self.force = set(force or [])
         self.on_change = on_change or (lambda m: None)
+        self.on_tick = on_tick or (lambda m: None)
+        self.backend_options = dict(backend_options or {})
+        self._cancel_checked = 0.0
         self.outputs: dict[str, dict[str, str]] = {}
         self.fingerprints: dict[str, str] = {}  # "stage.output" -> fingerprint
         self.manifest = self._open_manifest()
@@ -69,9 +87,21 @@ class Launcher:
                 raise SpecError(f"run {self.run_id} belongs to pipeline "
                                 f"{manifest.pipeline!r}, not {self.spec.name!r}")
             manifest.selected_stages = self.selected
+            manifest.backend = self.backend.name
+            spec = self.spec.model_dump(mode="json")
+            changed = spec_changes(manifest.spec, spec)
+            if changed:
+                # `resume --set`: the run goes on with the new spec, and says so.
+                manifest.changes.append(Change(t=time.time(), by="resume --set",
+                                               fields=changed))
+                manifest.spec = spec
             return manifest
-        return RunManifest.new(self.root, self.run_id, self.spec.name, self.backend.name,
-                               self.spec.model_dump(mode="json"), self.selected)
+        manifest = RunManifest.new(self.root, self.run_id, self.spec.name, self.backend.name,
+                                   self.spec.model_dump(mode="json"), self.selected)
+        manifest.backend_options = self.backend_options
+        manifest.force = sorted(self.force)
+        manifest.verify = self.verify
+        return manifest
 
     def _previous_run(self) -> RunManifest | None:
         runs = [m for m in list_runs(self.root)[0]
@@ -83,8 +113,9 @@ class Launcher:
         self.manifest.event(stage, state, **fields)
         self.on_change(self.manifest)
 
-    def _set_run_state(self, state: RunState) -> None:
-        self.manifest.set_state(state)
+    def _set_run_state(self, state: RunState, reason: str = "",
+                       cause: Cause | None = None) -> None:
+        self.manifest.set_state(state, reason, cause)
         self.on_change(self.manifest)
 
     # -- planning -------------------------------------------------------------
@@ -130,6 +161,8 @@ class Launcher:
         self.lease.acquire()
         try:
             self.manifest = self._open_manifest()  # as the last holder left it
+            self._forget_cancel_request()
+            self.manifest.reason, self.manifest.cause = "", None
             self._set_run_state(RunState.RUNNING)
             needed = self.pipeline.needed(self.selected)
             for stage in self.pipeline.order:
@@ -141,19 +174,45 @@ class Launcher:
                 self._run_stage(stage)
             self._set_run_state(RunState.SUCCEEDED)
             return self.manifest
-        except (StorageUnavailable, StorageMisconfigured):
-            self._mark_failed_if_possible()
+        except (StageFailed, LeaseLost):
+            raise  # the stage's end is recorded already; or the run is no longer ours
+        except (KeyboardInterrupt, RunCancelled) as exc:
+            self._mark_ended(RunState.CANCELLED, str(exc) or "cancelled (interrupted)",
+                             Cause.CANCELLED)
+            raise
+        except BatchlineError as exc:
+            # A run that fails before or between stages (a missing source, an
+            # unknown column in a reused dataset, storage down) says so too.
+            self._mark_ended(RunState.FAILED, str(exc),
+                             Cause.BAD_INPUT if exc.exit_code == 2 else Cause.USER_ERROR)
             raise
         finally:
             self.lease.release()
 
-    def _mark_failed_if_possible(self) -> None:
-        # Storage is failing: the manifest may not be writable either. Try once,
-        # so `status` says failed rather than running when it can.
+    def _mark_ended(self, state: RunState, reason: str, cause: Cause) -> None:
+        # Storage may be what is failing, so the manifest may not be writable
+        # either: try once, so `status` says failed rather than running when it can.
         try:
-            self.manifest.set_state(RunState.FAILED)
-        except (StorageUnavailable, StorageMisconfigured) as exc:
-            log.error("could not mark run %s failed in its manifest: %s", self.run_id, exc)
+            self._set_run_state(state, reason.splitlines()[0] if reason else "", cause)
+        except BatchlineError as exc:
+            log.error("could not mark run %s %s in its manifest: %s", self.run_id, state, exc)
+
+    # -- cancel requests and heartbeats ------------------------------------------
+    def _forget_cancel_request(self) -> None:
+        """A request left from before this launcher started was for an earlier launch."""
+        uri = layout.cancel_uri(self.root, self.run_id)
+        if storage.exists(uri):
+            storage.delete_file(uri)
+
+    def _tick(self, task: StageTask) -> None:
+        """While a stage runs: keep the heartbeat fresh and honour `batchline cancel`."""
+        self.manifest.beat()
+        self.on_tick(self.manifest)
+        now = time.monotonic()
+        if now - self._cancel_checked >= CANCEL_CHECK_SECONDS:
+            self._cancel_checked = now
+            if storage.exists(layout.cancel_uri(self.root, self.run_id)):
+                raise RunCancelled(f"stopped by `batchline cancel` while {task.stage} ran")
 
     def _run_stage(self, stage: str) -> None:
         parts = self.key_parts(stage)
@@ -219,7 +278,8 @@ class Launcher:
             self._event(stage, StageState.RUNNING if retry else StageState.FAILED,
                         cause=result.cause, reason=result.advice(), error=result.message)
             if not retry:
-                self._set_run_state(RunState.FAILED)
+                self._set_run_state(RunState.FAILED, f"stage {stage} failed ({result.cause})",
+                                    result.cause)
                 raise StageFailed(stage, result.cause,
                                   f"{result.advice()}\n{result.message}".rstrip(),
                                   result.exit_code, result.log_tail)
@@ -258,12 +318,15 @@ class Launcher:
                 storage.write_text(task.task_uri, task.to_json())
                 self._start_attempt(task)
                 handles.append(self.backend.submit(task))
-            results = [self.backend.wait(h, self._on_backend_event) for h in handles]
-        except KeyboardInterrupt:
+            results = [self.backend.wait(h, self._on_backend_event, self._tick)
+                       for h in handles]
+        except (KeyboardInterrupt, RunCancelled) as exc:
             for h in handles:
                 self.backend.cancel(h)
-            self._event(tasks[0].stage, StageState.CANCELLED, reason="cancelled by the user")
-            self._set_run_state(RunState.CANCELLED)
+            for h in handles:
+                self._end_attempt(h.task, self.backend.wait(h))
+            self._event(tasks[0].stage, StageState.CANCELLED, cause=Cause.CANCELLED,
+                        reason=str(exc) or "cancelled (interrupted)")
             raise
         for result, task in zip(results, tasks, strict=True):
             self._end_attempt(task, result)
@@ -324,6 +387,16 @@ def stage_task(spec: PipelineSpec, root: str, run_id: str, stage: str, inputs: d
         shard_count=stage_spec.shards,
         resources=Resources(res.cpu, res.memory, res.timeout_seconds), placement=placement,
         code_version=cache.code_version(), lineage=dict(lineage or {}), sources=sources)
+
+
+def spec_changes(old: Any, new: Any, path: str = "") -> dict[str, Any]:
+    """The fields of `new` that differ from `old`, by dotted path (new values)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: dict[str, Any] = {}
+        for key in sorted(set(old) | set(new), key=str):
+            out.update(spec_changes(old.get(key), new.get(key), f"{path}.{key}" if path else key))
+        return out
+    return {} if old == new else {path: new}
 
 
 def resume_hint(run_id: str, root: str) -> str:

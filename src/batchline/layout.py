@@ -41,6 +41,11 @@ def manifest_uri(root: str, run_id: str) -> str:
     return join(run_uri(root, run_id), "manifest.json")
 
 
+def cancel_uri(root: str, run_id: str) -> str:
+    """A request to cancel the run, written by `batchline cancel`, read by its launcher."""
+    return join(run_uri(root, run_id), "cancel-request.json")
+
+
 def output_uri(root: str, run_id: str, stage: str, output: str) -> str:
     return join(run_uri(root, run_id), stage, output)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import time
 from typing import Any
 
@@ -23,6 +24,17 @@ from batchline.causes import Cause
 from batchline.errors import StorageError
 
 SCHEMA_VERSION = 2
+
+
+def heartbeat_seconds() -> float:
+    """How often a running launcher rewrites the manifest's heartbeat."""
+    return float(os.environ.get("BATCHLINE_HEARTBEAT_SECONDS", "15"))
+
+
+def stale_after_seconds() -> float:
+    # Six heartbeats (and past the lease's time to live): a launcher that is
+    # only slow, in a long storage retry, is not called stale.
+    return 6 * heartbeat_seconds()
 
 
 class StageState(enum.StrEnum):
@@ -54,6 +66,10 @@ class RunState(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+    @property
+    def ended(self) -> bool:
+        return self not in (RunState.PENDING, RunState.RUNNING)
 
 
 class _Record(BaseModel):
@@ -108,6 +124,14 @@ class Event(_Record):
     attempt: int | None = None
 
 
+class Change(_Record):
+    """A change made to a run after it was created (`resume --set`)."""
+
+    t: float
+    by: str
+    fields: dict[str, Any]
+
+
 class RunManifest(_Record):
     """One run's manifest; `save()` writes it where it was loaded or created."""
 
@@ -122,6 +146,15 @@ class RunManifest(_Record):
     created_at: float = 0.0
     updated_at: float = 0.0
     ended_at: float | None = None
+    # Written by the launcher at least every heartbeat_seconds() while it runs:
+    # a running run whose heartbeat stopped has lost its launcher (`stale`).
+    heartbeat_at: float | None = None
+    reason: str = ""  # why the run failed or was cancelled, when no stage says it
+    cause: Cause | None = None
+    backend_options: dict[str, Any] = Field(default_factory=dict)
+    force: list[str] = Field(default_factory=list)
+    verify: bool = False
+    changes: list[Change] = Field(default_factory=list)
     stages: dict[str, StageRecord] = Field(default_factory=dict)
     events: list[Event] = Field(default_factory=list)
     _root: str = PrivateAttr(default="")
@@ -167,6 +200,15 @@ class RunManifest(_Record):
     def root(self) -> str:
         return self._root or self.storage_root
 
+    def shown_state(self, now: float | None = None) -> str:
+        """The state to show: `stale` for a pending or running run whose launcher
+        stopped writing its heartbeat (killed without a word); `resume` takes over."""
+        if self.state in (RunState.PENDING, RunState.RUNNING):
+            last = self.heartbeat_at or self.updated_at
+            if (now or time.time()) - last > stale_after_seconds():
+                return "stale"
+        return str(self.state)
+
     def stage(self, name: str) -> StageRecord:
         return self.stages.setdefault(name, StageRecord())
 
@@ -187,14 +229,25 @@ class RunManifest(_Record):
                                  attempt=attempt))
         self.save()
 
-    def set_state(self, state: RunState) -> None:
+    def set_state(self, state: RunState, reason: str = "", cause: Cause | None = None) -> None:
         self.state = state
+        if reason:
+            self.reason = reason
+        if cause is not None:
+            self.cause = cause
         if state in (RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED):
             self.ended_at = time.time()
         self.save()
 
+    def beat(self) -> None:
+        """Save with a fresh heartbeat if the last one is getting old."""
+        if time.time() - (self.heartbeat_at or 0.0) >= heartbeat_seconds():
+            self.save()
+
     def save(self) -> None:
         self.updated_at = time.time()
+        if self.state in (RunState.PENDING, RunState.RUNNING):
+            self.heartbeat_at = self.updated_at
         storage.write_text(layout.manifest_uri(self.root, self.run_id),
                            self.model_dump_json(indent=2))
 

@@ -1,4 +1,5 @@
-"""`batchline render`: one run's Jobs as YAML for people who submit with kubectl.
+"""`batchline render`: one run's Jobs as YAML for people who submit with kubectl,
+or (`--backend sagemaker`) its SageMaker requests and IAM policies as JSON.
 
 Each Job carries its task inline (no launcher writes task files) and waits
 for its inputs to be committed, so `kubectl apply -f` of all four starts the
@@ -9,11 +10,13 @@ caching, retries by cause and a manifest.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from batchline import layout
 from batchline.backends.kubernetes import Options
 from batchline.backends.kubernetes_job import job_manifest
+from batchline.backends.sagemaker_job import SageMakerOptions
 from batchline.launcher import stage_task
 from batchline.spec import PipelineSpec
 from batchline.stages import STAGES
@@ -59,3 +62,43 @@ def render_run(spec: PipelineSpec, run_id: str, root: str,
         job["spec"]["activeDeadlineSeconds"] = waits[task.stage] + task.resources.timeout_seconds
         jobs.append(job)
     return jobs
+
+
+def render_sagemaker(spec: PipelineSpec, run_id: str, root: str,
+                     options: SageMakerOptions) -> dict[str, Any]:
+    """Every stage's Create*Job request, in run order, and the two IAM policies.
+
+    Each request is exactly what `aws sagemaker create-<kind>-job
+    --cli-input-json` takes. The jobs read their task from storage, so the
+    tasks are printed too, each with the URI to upload it to; create the jobs
+    in order, each when the one before has Completed (a rendered run has no
+    launcher to wait for them, to cache or to retry).
+    """
+    from batchline.backends.sagemaker_iam import (
+        execution_role_policy,
+        launcher_policy,
+        trust_policy,
+    )
+    from batchline.backends.sagemaker_job import job_request
+
+    tasks = tasks_for_run(spec, run_id, root)
+    region = options.region or "us-east-1"
+    jobs = []
+    for task in tasks:
+        kind, request = job_request(task, options)
+        jobs.append({"stage": task.stage, "api": f"Create{kind.title()}Job",
+                     "cli": f"aws sagemaker create-{kind}-job --cli-input-json "
+                            f"file://{task.stage}.json",
+                     "task_uri": task.task_uri, "task": json.loads(task.to_json()),
+                     "request": request})
+    sources = sorted({s for t in tasks for s in t.sources})
+    images = [t.image for t in tasks]
+    return {"run_id": run_id, "jobs": jobs, "policies": {
+        "execution_role": execution_role_policy(root, sources, images, options, region),
+        "execution_role_trust": trust_policy(),
+        "launcher": launcher_policy(root, job_prefix(spec), options, region)}}
+
+
+def job_prefix(spec: PipelineSpec) -> str:
+    """What every job name of this pipeline starts with (run ids start with it)."""
+    return f"{spec.name[:12].rstrip('-')}-"

@@ -31,6 +31,8 @@ from batchline.spec_errors import did_you_mean, explain, report
 from batchline.stages import STAGES
 
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
+# Backends whose options may also sit at the top level of a spec.
+TOP_LEVEL_BACKENDS = ("kubernetes", "sagemaker")
 _SET_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_-]+)*")
 _CHECKED_BY_PARSE_SPEC = "stage checks done by parse_spec"
 _HINTS = {"name": "use 1-40 lowercase letters, digits and '-', starting and ending with a "
@@ -142,16 +144,21 @@ def _env_overrides() -> dict[str, Any]:
 
 
 def merge_legacy_sections(data: Any) -> Any:
-    """`kubernetes:` at the top level (specs written before `backends:`) is the
-    same as `backends: {kubernetes: ...}`."""
-    if isinstance(data, dict) and "kubernetes" in data:
+    """`kubernetes:` or `sagemaker:` at the top level (as specs written before
+    `backends:` had it) is the same as `backends: {kubernetes: ...}`; keys under
+    `backends:` win."""
+    if not isinstance(data, dict):
+        return data
+    for name in TOP_LEVEL_BACKENDS:
+        if name not in data:
+            continue
         data = dict(data)
-        section = data.pop("kubernetes") or {}
+        section = data.pop(name) or {}
         backends = data.get("backends") or {}
         if isinstance(backends, dict):
             if isinstance(section, dict):  # anything else is reported as not a mapping
-                section = {**section, **(backends.get("kubernetes") or {})}
-            data["backends"] = {**backends, "kubernetes": section}
+                section = {**section, **(backends.get(name) or {})}
+            data["backends"] = {**backends, name: section}
     return data
 
 

@@ -1,6 +1,7 @@
 """The one entrypoint every image and every backend runs.
 
     python -m batchline.stage <ingest|features|train|score> --task <uri>
+    train                      (in a SageMaker Training Job: the task from /opt/ml)
 
 Exit codes: 0 success, 2 bad input or config (never retried), 1 any other
 error (retryable), 137 out of memory. The last line on stderr is a JSON
@@ -23,13 +24,15 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from pydantic import ValidationError
 
-from batchline import cpu, storage
+from batchline import cpu, sagemaker_contract, storage
 from batchline.causes import EXIT_BAD_INPUT, EXIT_OOM, EXIT_RETRYABLE
 from batchline.errors import BatchlineError, SpecError, StorageError
 from batchline.retry import PERMANENT_ERRNOS, describe, is_transient
+from batchline.sagemaker_contract import OPT_ML, SageMakerJob
 from batchline.stages import STAGES
 from batchline.storage import read_text
 from batchline.storage_errors import misconfiguration
@@ -107,11 +110,11 @@ def _terminated(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, opt_ml: Path = OPT_ML) -> int:
     parser = argparse.ArgumentParser(prog="python -m batchline.stage")
     parser.add_argument("stage", choices=list(STAGES))
-    parser.add_argument("--task", required=True,
-                        help="URI of the task JSON written by the launcher, or env:NAME")
+    parser.add_argument("--task", help="URI of the task JSON written by the launcher, or "
+                        "env:NAME; in a SageMaker Training Job, from hyperparameters.json")
     parser.add_argument("--wait-inputs", type=int, default=0, metavar="SECONDS",
                         help="wait up to SECONDS for the inputs to be committed")
     args = parser.parse_args(argv)
@@ -120,56 +123,85 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminated)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    job = sagemaker_contract.detect(opt_ml)
+    code, message = run(args, job)
+    if code != 0 and job is not None:
+        job.write_failure(code, message)
+    return code
+
+
+def run(args: argparse.Namespace, job: SageMakerJob | None) -> tuple[int, str]:
+    """Run the stage named on the command line: its exit code and, on failure, why."""
     started = time.monotonic()
     try:
-        task = load_task(args.task)
-        if task.stage != args.stage:
-            raise SpecError(f"task {args.task} is for stage {task.stage!r}, not {args.stage!r}")
+        task = find_task(args, job)
         log.info("stage %s: starting (run %s, attempt %d, shard %d/%d)", task.stage, task.run_id,
                  task.attempt, task.shard_index, task.shard_count)
+        if job is not None and sagemaker_contract.shard_already_committed(task):
+            log.info("stage %s: shard %d was committed by an earlier attempt; nothing to do",
+                     task.stage, task.shard_index)
+            return 0, ""
         set_cpu_policy(task)
         if args.wait_inputs:
             wait_for_inputs(task, args.wait_inputs)
         summary = run_task(task)
+        if job is not None:
+            job.keep_model(task)
     except BatchlineError as exc:
-        log.error("stage %s: %s", args.stage, exc)
-        print(json.dumps({"ok": False, "error": str(exc)}), file=sys.stderr)
         # A stage speaks the stage contract (2 never retried, 1 retried), not the CLI's.
-        return EXIT_BAD_INPUT if exc.exit_code == EXIT_BAD_INPUT else EXIT_RETRYABLE
+        return _failed(args.stage, EXIT_BAD_INPUT if exc.exit_code == EXIT_BAD_INPUT
+                       else EXIT_RETRYABLE, str(exc))
     except ValidationError as exc:
         # The stage's params, checked again where they are used (a task written
         # by hand, or by another batchline version): a spec error, never retried.
-        message = f"stages.{args.stage}.params: {exc}"
-        log.error("stage %s: %s", args.stage, message)
-        print(json.dumps({"ok": False, "error": message}), file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _failed(args.stage, EXIT_BAD_INPUT, f"stages.{args.stage}.params: {exc}")
     except MemoryError:
         log.error("stage %s: out of memory", args.stage)
-        return EXIT_OOM
+        return EXIT_OOM, "out of memory"
     except OSError as exc:
         wrong = misconfiguration(exc, "read or write", exc.filename or "its data")
         if wrong is not None:  # no bucket, refused credentials: no retry can heal it
-            log.error("stage %s: %s", args.stage, wrong)
-            print(json.dumps({"ok": False, "error": str(wrong)}), file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return _failed(args.stage, EXIT_BAD_INPUT, str(wrong))
         if exc.errno not in PERMANENT_ERRNOS and not is_transient(exc):
             log.exception("stage %s: unexpected error", args.stage)
-            return EXIT_RETRYABLE
+            return EXIT_RETRYABLE, f"{type(exc).__name__}: {exc}"
         # A full or read-only disk, or an object store that kept failing past
         # its client's retries: one clear line (exit 1, the launcher retries).
-        message = describe(exc, "read or write", exc.filename or "its data")
-        log.error("stage %s: %s", args.stage, message)
-        print(json.dumps({"ok": False, "error": message}), file=sys.stderr)
-        return EXIT_RETRYABLE
-    except Exception:
+        return _failed(args.stage, EXIT_RETRYABLE,
+                       describe(exc, "read or write", exc.filename or "its data"))
+    except Exception as exc:
         log.exception("stage %s: unexpected error", args.stage)
-        return EXIT_RETRYABLE
-    except SystemExit as exc:  # argparse inside stage code, or explicit exits
-        return int(exc.code or 0)
+        return EXIT_RETRYABLE, f"{type(exc).__name__}: {exc}"
+    except SystemExit as exc:  # argparse inside stage code, or explicit exits (SIGTERM)
+        code = int(exc.code or 0)
+        return code, "" if code == 0 else f"stopped (exit {code})"
     summary["seconds"] = round(time.monotonic() - started, 3)
     log.info("stage %s: committed %s", args.stage, json.dumps(summary, sort_keys=True))
     print(json.dumps({"ok": True, **summary}, sort_keys=True), file=sys.stderr)
-    return 0
+    return 0, ""
+
+
+def find_task(args: argparse.Namespace, job: SageMakerJob | None) -> StageTask:
+    """The task from --task, or from a Training Job's hyperparameters; narrowed to this
+    host's shard when SageMaker runs the job on several hosts."""
+    if args.task is None and (job is None or job.kind != "training"):
+        raise SpecError("--task is required (outside a SageMaker Training Job)")
+    ref = args.task if args.task is not None else job.task_ref()  # type: ignore[union-attr]
+    task = load_task(ref)
+    if task.stage != args.stage:
+        raise SpecError(f"task {ref} is for stage {task.stage!r}, not {args.stage!r}")
+    if job is not None and task.shard_count > 1:
+        try:
+            task = task.for_shard(job.host_index())
+        except ValueError as exc:
+            raise SpecError(f"SageMaker host: {exc}") from None
+    return task
+
+
+def _failed(stage: str, code: int, message: str) -> tuple[int, str]:
+    log.error("stage %s: %s", stage, message)
+    print(json.dumps({"ok": False, "error": message}), file=sys.stderr)
+    return code, message
 
 
 if __name__ == "__main__":

@@ -158,6 +158,16 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+def delete_file(uri: str) -> None:
+    """Remove one object; nothing happens if it is already gone."""
+    fs, path = resolve(uri)
+
+    def delete() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(path)
+    _retry().call(delete, "delete", uri)
+
+
 def delete_dir(uri: str) -> None:
     fs, path = resolve(uri)
 

@@ -12,8 +12,6 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
 from batchline.errors import SpecError
 from batchline.spec_errors import did_you_mean, explain
 
@@ -26,9 +24,10 @@ BACKENDS: dict[str, str] = {
     "local": "batchline.backends.local",
     "container": "batchline.backends.container",
     "kubernetes": "batchline.backends.kubernetes",
+    "sagemaker": "batchline.backends.sagemaker",
 }
 # Backends whose stages run on other machines: local folders are not theirs.
-REMOTE = frozenset({"kubernetes"})
+REMOTE = frozenset({"kubernetes", "sagemaker"})
 
 
 def _module(name: str, where: str = "--backend") -> ModuleType:
@@ -43,6 +42,8 @@ def _module(name: str, where: str = "--backend") -> ModuleType:
 
 def option_problems(name: str, options: dict[str, Any], where: str) -> list[str]:
     """Every problem with a backend's options, one `path: message` line each."""
+    from pydantic import ValidationError
+
     try:
         module = _module(name, where)
     except SpecError as exc:

@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 Phase = Literal["pending", "running"]
 # Called by a backend on every phase change it sees.
 OnEvent = Callable[[StageTask, str], None]
+# Called on every poll while a task runs (heartbeats, cancel requests); it may
+# raise to stop waiting, and the caller then cancels the task.
+OnTick = Callable[[StageTask], None]
 LOG_TAIL_LINES = 20
 
 
@@ -104,6 +107,10 @@ class Backend(abc.ABC, Generic[H]):
     def release(self, handle: H, outcome: Outcome) -> None:
         """Remove what the platform keeps of an ended task (after its logs are saved)."""
 
+    def memory_limit(self, task: StageTask) -> str:
+        """The memory limit the platform enforces, as an out-of-memory message names it."""
+        return task.resources.memory
+
     def stored_logs(self, handle: H) -> str:
         """The logs saved by `wait`, for `logs()` after the platform forgot the task."""
         task = handle.task
@@ -118,20 +125,22 @@ class Backend(abc.ABC, Generic[H]):
         handle.deadline = time.monotonic() + task.resources.timeout_seconds
         return handle
 
-    def wait(self, handle: H, on_event: OnEvent | None = None) -> StageResult:
+    def wait(self, handle: H, on_event: OnEvent | None = None,
+             on_tick: OnTick | None = None) -> StageResult:
         """Block until the task ends; stop it at its deadline; keep its logs; translate."""
         if handle.result is not None:
             return handle.result
         handle.waiting = True
         try:
-            outcome = self._await(handle, on_event)
+            outcome = self._await(handle, on_event, on_tick)
         finally:
             handle.waiting = False
         texts = self.fetch_logs(handle)
         kept = self._keep_logs(handle.task, texts)
         self.release(handle, outcome)
         text = "".join(texts.values())
-        handle.result = translate(handle, outcome, text, tuple(kept))
+        handle.result = translate(handle, outcome, text, tuple(kept),
+                                  self.memory_limit(handle.task))
         log.info("stage %s: %s ended: %s", handle.task.stage, handle.ref,
                  handle.result.cause.value)
         return handle.result
@@ -153,7 +162,7 @@ class Backend(abc.ABC, Generic[H]):
         if not handle.waiting:
             self.wait(handle)
 
-    def _await(self, handle: H, on_event: OnEvent | None) -> Outcome:
+    def _await(self, handle: H, on_event: OnEvent | None, on_tick: OnTick | None) -> Outcome:
         # Every task is pending until its platform says it runs; one that ended
         # with an exit code did run, even if no poll caught it running.
         phase = "pending"
@@ -177,6 +186,8 @@ class Backend(abc.ABC, Generic[H]):
             if state != phase and on_event is not None:
                 on_event(handle.task, state)
             phase = state
+            if on_tick is not None:
+                on_tick(handle.task)
 
     def _keep_logs(self, task: StageTask, texts: dict[int | None, str]) -> list[str]:
         """Save each shard's log under the run once; returns the URIs written.
@@ -206,8 +217,8 @@ def keep_locally(task: StageTask, shard: int | None, text: str) -> str:
     return str(path)
 
 
-def translate(handle: Handle, outcome: Outcome, text: str, logs: tuple[str, ...] = ()
-              ) -> StageResult:
+def translate(handle: Handle, outcome: Outcome, text: str, logs: tuple[str, ...] = (),
+              memory_limit: str | None = None) -> StageResult:
     """An outcome as a StageResult: the one table every backend shares."""
     task = handle.task
     if handle.cancelled:
@@ -222,7 +233,8 @@ def translate(handle: Handle, outcome: Outcome, text: str, logs: tuple[str, ...]
                    f"and was stopped" + (f" (exit {code})" if code is not None else ""))
         message = f"{message}; {outcome.message}" if outcome.message else message
     elif cause is Cause.OUT_OF_MEMORY:
-        message = (f"{handle.ref} was killed at its memory limit of {task.resources.memory}"
+        message = (f"{handle.ref} was killed at its memory limit of "
+                   f"{memory_limit or task.resources.memory}"
                    + (f" (exit {code})" if code is not None else "")
                    + f"; {cause.advice(task.stage, code)}")
     elif cause in (Cause.BAD_INPUT, Cause.USER_ERROR):

@@ -138,6 +138,9 @@ def test_bad_run_id_and_stage(tmp_path: Path, demo_csv: Path) -> None:
         Launcher(_spec(demo_csv), str(tmp_path), InProcessBackend(), "../etc")
     with pytest.raises(SpecError, match="unknown stages"):
         Launcher(_spec(demo_csv), str(tmp_path), InProcessBackend(), "r1", ["deploy"])
+    with pytest.raises(SpecError, match=r"--force: unknown stages \['scor'\]; did you mean "
+                       "'score'\\?"):
+        Launcher(_spec(demo_csv), str(tmp_path), InProcessBackend(), "r1", force=["scor"])
     for bad in ("", "run\n", "Run", "a" * 33):
         with pytest.raises(SpecError, match="invalid run id"):
             Launcher(_spec(demo_csv), str(tmp_path), InProcessBackend(), bad)

@@ -9,7 +9,6 @@ of jobs/, against moto for s3:// URIs, with a few placeholders filled in
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 import shutil
@@ -26,20 +25,25 @@ from conftest import ROOT
 from batchline import storage
 
 README = ROOT / "README.md"
-TOOLS = ("batchline", "make", "kubectl", "podman", "pip")
+TOOLS = ("batchline", "make", "kubectl", "podman", "pip", "aws", "jq", "for")
+ASSIGNMENT = re.compile(r"^[A-Za-z_]+=\S")  # `VAR=value command` or `var=$(command)`
 NOT_RUN = {
     "make demo": "measured by hand on a fresh clone (a new .venv: minutes); its two "
                  "commands are the README's first `demo-data` and `run`",
     "make test": "is the whole test suite, this test included",
     "make base-image": "debootstrap and podman; `make test` runs it before the suite",
     "make images": "podman builds; `make test` runs it before the suite",
+    "IMAGE_REGISTRY=": "`make images` for ECR; `make test` runs `make images`",
     "kubectl apply -k k8s/overlays/dev": "needs a cluster; test_kubernetes_manifests builds "
                                          "every overlay with `kubectl kustomize`",
     "podman run": "needs the built images; test_images runs them this way",
+    "aws ": "needs an AWS account (ECR login, IAM roles)",
+    "for s in": "pushes images to ECR: needs an AWS account",
 }
 # Placeholders a reader fills in, and sizes made small for the test.
-SUBSTITUTIONS = {"--rows 1000000": "--rows 6000", "$ACCOUNT": "123456789012",
-                 "$REGION": "us-east-1", "s3://BUCKET/": "s3://bucket/"}
+SUBSTITUTIONS = {"--rows 1000000": "--rows 6000", " SPEC ": " jobs/readmission.yaml ",
+                 " --set ...)": ")", "s3://BUCKET/": "s3://bucket/", "$ACCOUNT": "123456789012",
+                 "$REGION": "us-east-1"}
 
 
 def readme_commands(text: str) -> list[str]:
@@ -60,7 +64,7 @@ def readme_commands(text: str) -> list[str]:
                 commands.append(pending)
                 pending = ""
             continue
-        if code.split(" ", 1)[0] in TOOLS:
+        if code.split(" ", 1)[0] in TOOLS or ASSIGNMENT.match(code):
             if code.endswith("\\"):
                 pending = code.rstrip("\\").strip()
             else:
@@ -98,37 +102,53 @@ def test_every_readme_command_runs(tmp_path: Path, s3_bucket: str) -> None:
     shutil.copytree(ROOT / "jobs", tmp_path / "jobs")
     bucket = s3_bucket.removeprefix("s3://")
     ran: list[str] = []
+    variables: dict[str, str] = {}
     for command in readme_commands(README.read_text()):
         if _not_run(command):
             continue
-        left = command.split(" | ")[0]  # `... | kubectl apply -f -`: no cluster
+        line = command.split(" | ")[0]  # `... | kubectl apply -f -`: no cluster
         for old, new in SUBSTITUTIONS.items():
-            left = left.replace(old, new)
-        left = left.replace("s3://bucket/", f"s3://{bucket}/")
-        if "--backend kubernetes" in left or "--backend sagemaker" in left:
-            # No cluster and no AWS account here: what would be submitted is rendered.
-            left = left.replace("batchline run ", "batchline render ", 1)
-        if "RUN" in left.split():
-            left = left.replace(" RUN", f" {_latest_run(tmp_path)}")
-        if "landing/encounters.csv" in left:
+            line = line.replace(old, new)
+        line = line.replace("s3://bucket/", f"s3://{bucket}/")
+        for name, value in variables.items():
+            line = line.replace(f'"${name}"', value)
+        if "RUN" in line.split():
+            line = line.replace(" RUN", f" {_latest_run(tmp_path)}")
+        if "landing/encounters.csv" in line:
             _upload_source(tmp_path, f"s3://{bucket}/landing/encounters.csv")
-        left, _, redirect = left.partition(" > ")  # `... > run.json`: stdout to a file
-        args = shlex.split(left)
+        if line.startswith("jq "):  # reads what a `render ... > run.json` above wrote
+            result = subprocess.run(["bash", "-c", line], cwd=tmp_path, capture_output=True,
+                                    text=True, timeout=60, check=False)
+            assert result.returncode == 0, f"{command}\n{result}"
+            written = [tmp_path / part.split(" > ")[1].strip() for part in line.split(";")
+                       if " > " in part]
+            assert all(p.read_text().strip() not in ("", "null") for p in written)
+            assert written or result.stdout.strip() not in ("", "null"), command
+            ran.append(command)
+            continue
+        capture, _, line = line.rpartition("=$(") if "=$(" in line else ("", "", line)
+        line = line.removesuffix(")")
+        line, _, redirect = line.partition(" > ")
+        if re.search(r"--backend (kubernetes|sagemaker)", line):  # no cluster, no AWS
+            line = line.replace("batchline run ", "batchline render ", 1)
+        args = shlex.split(line)
         assert args[0] == "batchline", f"no way to run {command!r}: add it to NOT_RUN"
         started = time.monotonic()
         result = subprocess.run([sys.executable, "-m", "batchline.cli", *args[1:]],
                                 cwd=tmp_path, capture_output=True, text=True, timeout=600,
                                 check=False)
-        print(f"{time.monotonic() - started:5.1f} s  {left}")  # where this test's time goes
+        print(f"{time.monotonic() - started:5.1f} s  {line}")  # where this test's time goes
         assert result.returncode == 0, f"{command}\n{result.stdout}\n{result.stderr}"
+        if capture:
+            variables[capture] = result.stdout.strip()
         if redirect:
             (tmp_path / redirect.strip()).write_text(result.stdout)
-            json.loads(result.stdout)  # `--json` and `render --backend sagemaker` print JSON
-        if left.startswith("batchline render") and "--backend sagemaker" not in left:
+        if line.startswith("batchline render") and "sagemaker" not in line:
             jobs = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
             assert {doc["kind"] for doc in jobs} == {"Job"}, result.stdout[:500]
         ran.append(command)
     assert any("--force score" in c for c in ran) and any("s3://" in c for c in ran)
+    assert any(c.startswith("jq ") for c in ran) and any(" submit " in c for c in ran)
 
 
 def _latest_run(folder: Path) -> str:

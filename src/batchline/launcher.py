@@ -36,6 +36,7 @@ from batchline.manifest import (
     list_runs,
 )
 from batchline.spec import PipelineSpec
+from batchline.spec_errors import did_you_mean
 from batchline.stages import STAGES
 from batchline.task import Resources, StageResult, StageTask
 
@@ -59,8 +60,9 @@ class Launcher:
         for option, names in (("--stages", stages), ("--force", force)):
             unknown = [s for s in names or [] if s not in self.pipeline.order]
             if unknown:
-                raise SpecError(f"{option}: unknown stages {unknown}; this pipeline has: "
-                                f"{', '.join(self.pipeline.order)}")
+                guesses = "".join(did_you_mean(s, self.pipeline.order) for s in unknown)
+                raise SpecError(f"{option}: unknown stages {unknown}{guesses}; this pipeline "
+                                f"has: {', '.join(self.pipeline.order)}")
         self.root = root.rstrip("/")
         self.backend = backend
         self.run_id = layout.check_run_id(run_id)

@@ -88,7 +88,7 @@ def test_every_unknown_name_and_bad_option_exits_2_with_a_hint(
         ("logs", "ok", "ingest", "--attempt", "5"): "has no attempt 5; its attempts: 1",
         ("logs", "ok", "train"): "has no attempts",
         ("status", "nope"): "no run 'nope'",
-        ("render", str(SPEC), "--backend", "local"): "only kubernetes has manifests",
+        ("render", str(SPEC), "--backend", "local"): "have something to render",
         ("run", str(SPEC), "--stages", "scor"): "did you mean 'score'?",
         ("run", str(SPEC), "--backend", "kubernetse"): "unknown backend 'kubernetse'",
     }
@@ -231,3 +231,11 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
                for param in command.params
                if not getattr(param, "help", None) and param.name != "help"]
     assert missing == []
+
+
+def test_demo_data_refuses_what_it_cannot_do(tmp_path: Path) -> None:
+    too_few = run_cli("demo-data", "--rows", "100", "--out", str(tmp_path / "d"))
+    assert too_few.returncode == 2 and "Traceback" not in too_few.stderr
+    remote = run_cli("demo-data", "--rows", "500", "--out", "s3://bucket/demo")
+    assert remote.returncode == 2 and "local folder" in remote.stderr
+    assert not (ROOT / "s3:").exists()

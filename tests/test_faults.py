@@ -8,12 +8,13 @@ fails with the documented message and then resumes to those fingerprints.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
 import boto3
 import pytest
-from conftest import BATCHLINE, ROOT, SPEC, fingerprints, run_cli
+from conftest import BATCHLINE, ROOT, SPEC, eventually, fingerprints, run_cli
 from faulty_s3 import FaultyS3, Rule
 
 from batchline import storage
@@ -84,10 +85,19 @@ def test_the_endpoint_going_away_fails_clearly_and_resumes(
         moto_server: str, s3_bucket: str, source: str) -> None:
     root = f"{s3_bucket}/gone"
     with FaultyS3(moto_server, max_seconds=600) as proxy:
-        # Every request fails from 3 s on: the store is gone for good.
-        proxy.arm(Rule(rate=1.0, faults=("reset",), start=3.0))
-        result = _run(root, source, env={"AWS_ENDPOINT_URL": proxy.url,
-                                         "BATCHLINE_STORAGE_RETRY_SECONDS": "5"})
+        env = {**os.environ, "COLUMNS": "200", "AWS_ENDPOINT_URL": proxy.url,
+               "BATCHLINE_STORAGE_RETRY_SECONDS": "5"}
+        launcher = subprocess.Popen(
+            [*BATCHLINE, "run", str(SPEC), "--storage", root, "--run-id", RUN, *FAST,
+             "--set", f"stages.ingest.params.source={source}"], env=env, cwd=ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Once the run has a manifest (seen on moto itself), every request fails:
+        # the store is gone for good, mid-run, however busy the machine is.
+        eventually(lambda: storage.exists(f"{root}/runs/{RUN}/manifest.json"), timeout=120,
+                   what="the run's manifest", interval=0.05)
+        proxy.arm(Rule(rate=1.0, faults=("reset",)))
+        stdout, stderr = launcher.communicate(timeout=600)
+    result = subprocess.CompletedProcess(launcher.args, launcher.returncode, stdout, stderr)
     assert result.returncode == 3, result.stderr  # an outage, not a configuration error
     assert "Traceback" not in result.stderr
     assert f"the object store at {proxy.url} (AWS_ENDPOINT_URL) kept failing" in \

@@ -50,11 +50,16 @@ def code_version() -> str:
 def source_fingerprint(source: str, field: str = "source") -> str:
     """Names, sizes and modification times of the raw files (cheap: no reading)."""
     fs, path = storage.resolve(source)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
+
+    def look_up() -> list[pafs.FileInfo] | None:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        return [info] if info.type == pafs.FileType.File else \
+            fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    infos = storage.retrying(look_up, "look up", source)
+    if infos is None:
         raise DataError(f"source {source} does not exist; check {field}")
-    infos = [info] if info.type == pafs.FileType.File else \
-        fs.get_file_info(pafs.FileSelector(path, recursive=True))
     digest = hashlib.sha256()
     for i in sorted(infos, key=lambda i: i.path):
         if i.type == pafs.FileType.File:

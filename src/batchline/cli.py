@@ -30,7 +30,10 @@ if TYPE_CHECKING:
     from batchline.errors import BatchlineError
     from batchline.manifest import RunManifest
 
+# An unexpected error's traceback never shows local variables: they may hold
+# credentials.
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_show_locals=False,
                   help="Model-building jobs as four containerized batch stages.")
 T = TypeVar("T")
 BACKEND_NAMES = "local, container, kubernetes, sagemaker"
@@ -129,11 +132,14 @@ def _fail(exc: BatchlineError) -> NoReturn:
 def _guard(fn: Callable[[], T]) -> T:
     """Run a command body; print BatchlineErrors without a traceback and exit."""
     from batchline.errors import BatchlineError
+    from batchline.launcher import storage_error
 
     try:
         return fn()
     except BatchlineError as exc:
         _fail(exc)
+    except OSError as exc:  # storage reached outside a wrapper: the same one paragraph
+        _fail(storage_error(exc, "storage"))
 
 
 def _client(storage_opt: str | None) -> Client:
@@ -430,7 +436,8 @@ def validate(spec_path: SpecArg, set_: SetOpt = None) -> None:
 
 
 @app.command("demo-data")
-def demo_data(rows: Annotated[int, typer.Option(min=100, help="encounters to write")]
+def demo_data(rows: Annotated[int, typer.Option(min=500, help="encounters to write (at "
+                                                "least 500: the generator's patient mix)")]
               = 100_000,
               out_dir: Annotated[str, typer.Option("--out", help="folder to write "
                                                    "encounters.csv to")] = "demo-data",
@@ -439,6 +446,10 @@ def demo_data(rows: Annotated[int, typer.Option(min=100, help="encounters to wri
     """Write synthetic readmission encounters (CSV) with a known best AUC."""
     from batchline.demo_data import generate
 
+    if "://" in out_dir:
+        _say(f"error: --out {out_dir}: demo-data writes to a local folder; copy the file to "
+             "object storage afterwards (aws s3 cp, or --set a local source)", err=True)
+        raise typer.Exit(2)
     started = time.monotonic()
     summary = generate(rows, out_dir, seed=seed)
     _say(f"wrote {summary.rows:,} encounters ({summary.labelled:,} labelled, "

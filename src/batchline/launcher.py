@@ -25,6 +25,7 @@ from batchline.errors import (
     RunCancelled,
     SpecError,
     StageFailed,
+    StorageUnavailable,
 )
 from batchline.lease import Lease, LeaseLost
 from batchline.manifest import (
@@ -35,9 +36,11 @@ from batchline.manifest import (
     StageState,
     list_runs,
 )
+from batchline.retry import describe
 from batchline.spec import PipelineSpec
 from batchline.spec_errors import did_you_mean
 from batchline.stages import STAGES
+from batchline.storage_errors import misconfiguration
 from batchline.task import Resources, StageResult, StageTask
 
 log = logging.getLogger(__name__)
@@ -186,6 +189,12 @@ class Launcher:
             self._mark_ended(RunState.FAILED, str(exc),
                              Cause.BAD_INPUT if exc.exit_code == 2 else Cause.USER_ERROR)
             raise
+        except OSError as exc:
+            # A filesystem call that no storage wrapper caught: the same words.
+            error = storage_error(exc, self.root)
+            self._mark_ended(RunState.FAILED, str(error),
+                             Cause.BAD_INPUT if error.exit_code == 2 else Cause.USER_ERROR)
+            raise error from exc
         finally:
             self.lease.release()
 
@@ -397,6 +406,12 @@ def spec_changes(old: Any, new: Any, path: str = "") -> dict[str, Any]:
             out.update(spec_changes(old.get(key), new.get(key), f"{path}.{key}" if path else key))
         return out
     return {} if old == new else {path: new}
+
+
+def storage_error(exc: OSError, root: str) -> BatchlineError:
+    """An OSError from storage as batchline's error: misconfigured (2) or unavailable."""
+    uri = exc.filename or root
+    return misconfiguration(exc, "use", uri) or StorageUnavailable(describe(exc, "use", uri))
 
 
 def resume_hint(run_id: str, root: str) -> str:

@@ -22,9 +22,9 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlparse
 
 import pyarrow as pa
@@ -39,6 +39,7 @@ from batchline.retry import Retry
 from batchline.storage_errors import check_bucket
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 SUCCESS = "_SUCCESS.json"
 _PREFIX_TIME = "%Y%m%dT%H%M%S"
 ROWS_PER_FILE = 1_000_000
@@ -97,6 +98,12 @@ def exists(uri: str) -> bool:
     fs, path = resolve(uri)
     return _retry().call(lambda: fs.get_file_info(path).type != pafs.FileType.NotFound,
                          "look up", uri)
+
+
+def retrying(fn: Callable[[], T], what: str, uri: str) -> T:
+    """Call `fn` (filesystem calls about `uri`) under the storage retry policy: a
+    transient failure is retried, one that lasts becomes StorageUnavailable."""
+    return _retry().call(fn, what, uri)
 
 
 def _retry() -> Retry:

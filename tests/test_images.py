@@ -18,11 +18,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.podman]
 
 # What each pip extra brings that a stage image may import; an image carries
 # what its stage's extras (from the catalog) bring, and none of the others'.
-EXTRA_IMPORTS = {"features": "duckdb", "model": "lightgbm"}
+EXTRA_IMPORTS = {"ingest": "numpy", "features": "duckdb", "model": "lightgbm"}
+# The heavy ones no other extra brings (numpy comes with LightGBM too).
+EXCLUSIVE = {"features": "duckdb", "model": "lightgbm"}
 CLOUD = ("kubernetes", "boto3")
 NEEDS = {name: ("batchline.stage", stage.module, "pyarrow.parquet", "pyarrow.fs",
                 *(EXTRA_IMPORTS[e] for e in stage.extras)) for name, stage in STAGES.items()}
-LACKS = {name: (*(m for e, m in EXTRA_IMPORTS.items() if e not in stage.extras), *CLOUD)
+LACKS = {name: (*(m for e, m in EXCLUSIVE.items() if e not in stage.extras), *CLOUD)
          for name, stage in STAGES.items()}
 NEEDS["launcher"] = ("batchline.cli", "batchline.launcher", *CLOUD, "typer")
 LACKS["launcher"] = ("lightgbm", "duckdb")

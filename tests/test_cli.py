@@ -239,3 +239,21 @@ def test_demo_data_refuses_what_it_cannot_do(tmp_path: Path) -> None:
     remote = run_cli("demo-data", "--rows", "500", "--out", "s3://bucket/demo")
     assert remote.returncode == 2 and "local folder" in remote.stderr
     assert not (ROOT / "s3:").exists()
+
+
+def test_a_cancel_before_the_launcher_starts_still_stands(tmp_path: Path,
+                                                          small_csv: Path) -> None:
+    """The request is in storage before any launcher runs: the first one honours it."""
+    from batchline.spec import load_spec
+
+    plan_id = "early"
+    # What `submit` writes before it starts the launcher: the pending manifest.
+    loaded = load_spec(SPEC, {"stages.ingest.params.source": str(small_csv)})
+    RunManifest.new(str(tmp_path), plan_id, loaded.name, "local",
+                    loaded.model_dump(mode="json"), list(loaded.pipeline.order)).save()
+    (tmp_path / "runs" / plan_id / "cancel-request.json").write_text("{}")
+    started = run_cli("resume", plan_id, "--storage", str(tmp_path))
+    assert started.returncode == 130, started.stderr
+    manifest = RunManifest.load(str(tmp_path), plan_id)
+    assert manifest.state == "cancelled" and "before its launcher started" in manifest.reason
+    assert all(not entry.attempts for entry in manifest.stages.values())

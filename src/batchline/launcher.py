@@ -208,9 +208,13 @@ class Launcher:
 
     # -- cancel requests and heartbeats ------------------------------------------
     def _forget_cancel_request(self) -> None:
-        """A request left from before this launcher started was for an earlier launch."""
+        """A request left from an earlier launch is done with; one made before a
+        submitted run's first launcher started still stands."""
         uri = layout.cancel_uri(self.root, self.run_id)
         if storage.exists(uri):
+            if self.manifest.state is RunState.PENDING:
+                raise RunCancelled("cancelled with `batchline cancel` before its launcher "
+                                   "started")
             storage.delete_file(uri)
 
     def _tick(self, task: StageTask) -> None:

@@ -53,7 +53,7 @@ def test_demo_end_to_end_then_cached_rerun(demo_csv: Path, tmp_path: Path) -> No
     assert ": 4 reused;" in second.stdout
     assert fingerprints(str(root), "second") == fingerprints(str(root), "first")
     explain = run_cli("explain", "second", "--storage", str(root)).stdout
-    assert explain.count("reused outputs committed by run first") == 4
+    assert explain.count(": reused (outputs committed by run first") == 4
 
     third = _run(demo_csv, root, "--run-id", "third", "--set", "stages.train.params.num_leaves=15")
     assert third.returncode == 0, third.stderr

@@ -35,6 +35,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# What the stage entrypoint writes into its own environment (cpu.apply): a test
+# that runs a stage in this process must not pass its CPU budget on to every
+# stage process a later test starts (their thread counts, and so the models'
+# bytes, would differ from a clean run's).
+STAGE_CPU_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "BATCHLINE_STAGE_CPUS")
+
+
+@pytest.fixture(autouse=True)
+def _stage_cpu_env_stays_in_its_test() -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in STAGE_CPU_ENV}
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def moto_server() -> Iterator[str]:
     """moto's S3/SQS/SageMaker server on loopback; AWS_* env points every client at it."""

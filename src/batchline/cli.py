@@ -442,7 +442,12 @@ def demo_data(rows: Annotated[int, typer.Option(min=500, help="encounters to wri
               out_dir: Annotated[str, typer.Option("--out", help="folder to write "
                                                    "encounters.csv to")] = "demo-data",
               seed: Annotated[int, typer.Option(help="random seed; the same seed gives the "
-                                                "same file")] = 42) -> None:
+                                                "same file")] = 42,
+              hospitals: Annotated[int | None, typer.Option(
+                  min=1, max=999, help="a fleet: this many hospitals (H000, H001, ...) of "
+                  "varied size (the largest about 10x the smallest), each with its own effects; "
+                  "e.g. --hospitals 500 --rows 5500000 for 2,000-20,000 rows each")] = None
+              ) -> None:
     """Write synthetic readmission encounters (CSV) with a known best AUC."""
     from batchline.demo_data import generate
 
@@ -451,7 +456,8 @@ def demo_data(rows: Annotated[int, typer.Option(min=500, help="encounters to wri
              "object storage afterwards (aws s3 cp, or --set a local source)", err=True)
         raise typer.Exit(2)
     started = time.monotonic()
-    summary = generate(rows, out_dir, seed=seed)
+    summary = generate(rows, out_dir, seed=seed, hospitals=hospitals or 60,
+                       fleet=hospitals is not None)
     _say(f"wrote {summary.rows:,} encounters ({summary.labelled:,} labelled, "
          f"{summary.population:,} to score) to {summary.path} in "
          f"{time.monotonic() - started:.1f}s; prevalence {summary.prevalence:.3f}")

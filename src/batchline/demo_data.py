@@ -48,9 +48,33 @@ class DemoSummary:
     path: str
 
 
+@dataclass(frozen=True)
+class Hospitals:
+    """How hospitals differ: a baseline risk each and, for a fleet, sizes and local effects.
+
+    Without `weights` every hospital is equally likely and differs only by its
+    baseline (the original demo, byte for byte). A fleet (`--hospitals N`)
+    gives each hospital a size (the largest about ten times the smallest) and
+    its own effect of the history features, so a model per hospital has
+    something to find that one global model averages away.
+    """
+
+    effect: np.ndarray
+    weights: np.ndarray | None = None
+    history_effect: np.ndarray | None = None
+
+    @classmethod
+    def fleet(cls, count: int, seed: int) -> Hospitals:
+        rng = np.random.default_rng([seed, count])  # apart from the encounters' stream
+        sizes = rng.permutation(np.geomspace(1.0, 10.0, count))
+        return cls(effect=rng.normal(0, 0.35, size=count), weights=sizes / sizes.sum(),
+                   history_effect=rng.normal(0, 0.5, size=count))
+
+
 def _chunk(rng: np.random.Generator, first_patient: int, n_rows: int,
-           hospital_effect: np.ndarray) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+           hospitals: Hospitals) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
     """One chunk of encounters for disjoint patients: (table, p_true, label, discharge_day)."""
+    hospital_effect = hospitals.effect
     per_patient = rng.geometric(0.45, size=max(1, n_rows // 2))
     cum = np.cumsum(per_patient)
     n_pat = int(np.searchsorted(cum, n_rows) + 1)
@@ -62,7 +86,9 @@ def _chunk(rng: np.random.Generator, first_patient: int, n_rows: int,
     birth_age = rng.normal(66, 14, size=n_pat).clip(18, 100)
     frailty = rng.normal(0, 0.5, size=n_pat)
     sex = rng.random(n_pat) < 0.52
-    home_hospital = rng.integers(0, len(hospital_effect), size=n_pat)
+    home_hospital = rng.integers(0, len(hospital_effect), size=n_pat) \
+        if hospitals.weights is None else \
+        rng.choice(len(hospital_effect), size=n_pat, p=hospitals.weights)
     insurance = rng.choice(len(INSURANCE), size=n_pat, p=[0.45, 0.2, 0.3, 0.05])
 
     # Frail patients come back more often: their encounters cluster in time.
@@ -84,8 +110,11 @@ def _chunk(rng: np.random.Generator, first_patient: int, n_rows: int,
 
     age = (birth_age[pidx] + admit / 365.0).astype(np.int64)
     diag = rng.choice(len(DIAGNOSES), size=n, p=DIAG_P)
-    hospital = np.where(rng.random(n) < 0.85, home_hospital[pidx],
-                        rng.integers(0, len(hospital_effect), size=n))
+    # Fleet data keeps patients at their home hospital, so sizes stay as drawn.
+    at_home = rng.random(n) < 0.85  # drawn first: the original demo's order of draws
+    elsewhere = rng.integers(0, len(hospital_effect), size=n) if hospitals.weights is None \
+        else home_hospital[pidx]
+    hospital = np.where(at_home, home_hospital[pidx], elsewhere)
     hemoglobin = rng.normal(12.5, 1.8, size=n) - 0.8 * (frailty[pidx] > 0.3)
     creatinine = np.exp(rng.normal(0.0, 0.35, size=n)) + 0.6 * (diag == 7)
     sodium = rng.normal(139, 3.5, size=n)
@@ -97,6 +126,9 @@ def _chunk(rng: np.random.Generator, first_patient: int, n_rows: int,
              + 0.45 * (hemoglobin < 10) + 0.5 * (creatinine > 1.6)
              + 0.20 * (np.abs(sodium - 139) > 6) + INS_EFFECT[insurance[pidx]]
              + hospital_effect[hospital])
+    if hospitals.history_effect is not None:
+        logit = logit + hospitals.history_effect[hospital] * (
+            (gap < 30) + 0.5 * np.minimum(prior_365, 4) - 0.6)
     p = 1 / (1 + np.exp(-logit))
     label = (rng.random(n) < p).astype(np.int64)
 
@@ -122,14 +154,22 @@ def _chunk(rng: np.random.Generator, first_patient: int, n_rows: int,
 
 
 def generate(rows: int, out: str | os.PathLike[str], seed: int = 42,
-             chunk_rows: int = 1_000_000, hospitals: int = 60) -> DemoSummary:
-    """Write `encounters.csv` (+ `_generator.json`) with `rows` encounters into `out`."""
+             chunk_rows: int = 1_000_000, hospitals: int = 60,
+             fleet: bool = False) -> DemoSummary:
+    """Write `encounters.csv` (+ `_generator.json`) with `rows` encounters into `out`.
+
+    With `fleet`, the `hospitals` differ in size and in how history predicts
+    readmission (see `Hospitals.fleet`), for one model per hospital.
+    """
     if rows < 100:
         raise ValueError("--rows must be at least 100")
+    if not 1 <= hospitals <= 999:
+        raise ValueError("--hospitals must be between 1 and 999")
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    hospital_effect = rng.normal(0, 0.25, size=hospitals)
+    baseline = rng.normal(0, 0.25, size=hospitals)
+    mix = Hospitals.fleet(hospitals, seed) if fleet else Hospitals(baseline)
     snapshot_day = DAYS + 10
     path = out_dir / "encounters.csv"
     tmp = out_dir / f".encounters.csv.tmp-{os.getpid()}"
@@ -140,7 +180,7 @@ def generate(rows: int, out: str | os.PathLike[str], seed: int = 42,
         writer: pacsv.CSVWriter | None = None
         while written < rows:
             n_chunk = min(chunk_rows, rows - written)
-            table, p, label, discharge = _chunk(rng, next_patient, n_chunk, hospital_effect)
+            table, p, label, discharge = _chunk(rng, next_patient, n_chunk, mix)
             table = table.slice(0, n_chunk)
             p, label, discharge = p[:n_chunk], label[:n_chunk], discharge[:n_chunk]
             next_patient = int(table["patient_id"][-1].as_py()) + 1

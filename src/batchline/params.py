@@ -10,14 +10,59 @@ import codecs
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# The column features adds when the spec has `segments:`: each row's segment as
+# text, the key train fans out on and score routes by.
+SEGMENT_COLUMN = "batchline_segment"
 ColumnType = Literal["int64", "float64", "string", "bool", "date", "timestamp"]
 
 
 class _Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SegmentsSpec(_Params):
+    """One model per segment (hospital, region, product), a global one for the rest."""
+
+    by: str = Field(min_length=1, description="a column of the features table, or a DuckDB "
+                    "SQL expression over its columns, whose value names each row's segment")
+    min_rows: int = Field(1_000, ge=100, description="labelled rows a segment needs for a "
+                          "model of its own; smaller segments (and segments unseen in "
+                          "training) are scored by the global model")
+    fallback: Literal["global"] = Field("global", description="what scores rows of segments "
+                                        "without a model: the global model of the same run")
+    max_failed_fraction: float = Field(
+        0.05, ge=0.0, le=1.0, description="share of segment models that may fail (listed with "
+        "their cause) before the train stage fails")
+
+
+class _Segmented(_Params):
+    """Params of a stage that behaves differently when the spec has `segments:`.
+
+    The spec's top-level `segments:` section is handed to these stages as
+    their `segments` param. When it is absent the field is left out of the
+    dump, so specs without segments keep their exact cache keys and tasks.
+    """
+
+    segments: SegmentsSpec | None = Field(None, description="set from the spec's top-level "
+                                          "segments: section")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_segments(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if isinstance(data, dict) and data.get("segments") is None:
+            data.pop("segments", None)
+        return data
 
 
 class IngestParams(_Params):
@@ -93,7 +138,7 @@ class IngestParams(_Params):
         return value
 
 
-class FeaturesParams(_Params):
+class FeaturesParams(_Segmented):
     """Feature SQL over the ingested dataset, which the query sees as `table`.
 
     The ingested dataset is also visible under its own dataset name
@@ -165,7 +210,7 @@ class GroupSplit(_Params):
 Split = Annotated[TimeSplit | RandomSplit | GroupSplit, Field(discriminator="kind")]
 
 
-class TrainParams(_Params):
+class TrainParams(_Segmented):
     """What to predict, how to hold rows out, which columns mean what, and LightGBM's knobs.
 
     Every numeric and boolean column is a feature, and so is every string
@@ -245,7 +290,7 @@ class SourcePopulation(_Params):
     source: str = Field(min_length=1)
 
 
-class ScoreParams(_Params):
+class ScoreParams(_Segmented):
     """Which rows to score (`population`) and which columns identify them."""
 
     id_columns: list[str] = Field(min_length=1)

@@ -18,14 +18,17 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from batchline import quantity
 from batchline.errors import SpecError
+from batchline.params import SegmentsSpec
 from batchline.pipeline import Pipeline, build
 from batchline.spec_errors import did_you_mean, explain, report
 from batchline.stages import STAGES
@@ -88,6 +91,16 @@ class PipelineSpec(_Model):
     # Options of each backend (`kubernetes: {namespace: ...}`), validated by the
     # backend's own options model; command-line options override them.
     backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # A fleet: one model per segment; handed to the stages whose params take it.
+    segments: SegmentsSpec | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_unset_segments(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Specs without segments dump (into manifests, launcher Jobs) as before.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("segments") is None:
+            data.pop("segments", None)
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -110,8 +123,12 @@ class PipelineSpec(_Model):
         return build(list(self.stages), {s: spec.inputs for s, spec in self.stages.items()})
 
     def params(self, stage: str) -> BaseModel:
-        """The stage's params, validated (already checked at load time)."""
-        return STAGES[stage].params(**self.stages[stage].params)
+        """The stage's params, validated (already checked at load time), with the spec's
+        `segments:` section for the stages that take it."""
+        model = STAGES[stage].params
+        extra = {"segments": self.segments} if self.segments is not None and \
+            "segments" in model.model_fields else {}
+        return model(**self.stages[stage].params, **extra)
 
     def image(self, stage: str) -> str:
         return f"{self.image_registry}/batchline-{stage}:{self.image_tag}"
@@ -178,11 +195,17 @@ def stage_problems(data: dict[str, Any]) -> list[str]:
             continue
         raw = raw if isinstance(raw, dict) else {}
         shards = raw.get("shards")
-        if isinstance(shards, int) and shards > 1 and not STAGES[name].shardable:
+        # Train fans out per segment: with `segments:` its shards are worker processes.
+        fleet = name == "train" and isinstance(data.get("segments"), dict)
+        if isinstance(shards, int) and shards > 1 and not STAGES[name].shardable and not fleet:
             shardable = ", ".join(s for s, d in STAGES.items() if d.shardable)
             problems.append(f"stages.{name}.shards: stage {name!r} cannot be sharded "
                             f"(shardable: {shardable}); remove shards or set it to 1")
         params = raw.get("params")
+        if isinstance(params, dict) and "segments" in params:
+            problems.append(f"stages.{name}.params.segments: segments are set once, at the top "
+                            "level of the spec (segments: {by: ..., min_rows: ...}); move it")
+            params = {k: v for k, v in params.items() if k != "segments"}
         if isinstance(params, dict):
             model = STAGES[name].params
             try:

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 # The modules whose code decides what a stage writes. Launcher, CLI and
 # backends are left out on purpose: changing them must not invalidate data.
-_CODE = ("stage.py", "storage.py", "params.py", "metrics.py", "task.py", "stages")
+_CODE = ("stage.py", "storage.py", "params.py", "metrics.py", "task.py", "fleet.py", "stages")
 
 
 @lru_cache(maxsize=1)
@@ -126,9 +126,22 @@ def lookup(root: str, run_id: str, stage: str, outputs: tuple[str, ...], key: st
         candidates.append(entry)
     for owner, uris in candidates:
         records = reusable(uris, key, verify, report)
-        if records is not None:
-            return Hit(owner, uris, records)
+        if records is None:
+            continue
+        if owner == run_id and any(partial(r) for r in records.values()):
+            # Resuming the run that committed it: redo the failed parts (the stage
+            # keeps what succeeded). Other runs reuse it as it is.
+            log.info("stage %s: its commit in this run has failed parts %s; running it again "
+                     "for them", stage, [p for r in records.values()
+                                         for p in r.metrics.get("failed_parts", [])])
+            continue
+        return Hit(owner, uris, records)
     return None
+
+
+def partial(record: storage.SuccessRecord) -> bool:
+    """Whether a commit lists failed parts (segments of a fleet) that a resume redoes."""
+    return bool(record.metrics.get("failed_parts"))
 
 
 def reusable(outputs: dict[str, str], key: str, verify: bool = False,

@@ -311,17 +311,32 @@ class Launcher:
             result = failed[0] if failed else StageResult(task.stage, Cause.SUCCEEDED, 0)
         if result.ok and task.shard_count > 1:
             self._commit_shards(task)
-        return result
+        return self._judge(task) if result.ok else result
+
+    def _judge(self, task: StageTask) -> StageResult:
+        """A stage whose commit its definition refuses (a fleet with too many failed
+        segments) fails as bad input; its commit stays, and a resume redoes only its
+        failed parts."""
+        judge = STAGES[task.stage].judge
+        succeeded = StageResult(task.stage, Cause.SUCCEEDED, 0)
+        if judge is None:
+            return succeeded
+        primary = STAGES[task.stage].outputs[0]
+        problem = judge(storage.committed(task.outputs[primary]).metrics)
+        return succeeded if problem is None else \
+            StageResult(task.stage, Cause.BAD_INPUT, 2, problem)
 
     def _shard_task(self, task: StageTask, index: int) -> StageTask:
         uri = layout.task_uri(self.root, self.run_id, task.stage, task.attempt, index)
         return dataclasses.replace(task.for_shard(index), task_uri=uri)
 
     def _shard_committed(self, task: StageTask, index: int) -> bool:
-        """Whether this shard committed in an earlier attempt (same key, files intact)."""
+        """Whether this shard committed in an earlier attempt (same key, files intact,
+        no failed parts to redo)."""
         shard = task.for_shard(index)
         uris = {name: shard.output_uri(name) for name in task.outputs}
-        return cache.reusable(uris, task.cache_key) is not None
+        records = cache.reusable(uris, task.cache_key)
+        return records is not None and not any(cache.partial(r) for r in records.values())
 
     def _watch(self, tasks: list[StageTask]) -> list[StageResult]:
         """Submit every task (recording each attempt as it starts), then wait for all."""
@@ -369,9 +384,11 @@ class Launcher:
             self._event(task.stage, StageState.RUNNING, phase=phase)
 
     def _commit_shards(self, task: StageTask) -> None:
+        merge = STAGES[task.stage].merge_shards
         for output, uri in task.outputs.items():
             shards = [task.for_shard(i).output_uri(output) for i in range(task.shard_count)]
-            storage.commit_union(uri, shards, task.stamp())
+            metrics = merge([storage.committed(s).metrics for s in shards]) if merge else None
+            storage.commit_union(uri, shards, task.stamp(), metrics)
 
 
 def summary_metrics(stage: str, metrics: dict[str, Any]) -> dict[str, Any]:

@@ -388,8 +388,11 @@ class DatasetWriter:
     """
 
     def __init__(self, uri: str, stamp: Stamp, schema: pa.Schema | None = None,
-                 rows_per_file: int = ROWS_PER_FILE, stale_before: float | None = None) -> None:
+                 rows_per_file: int = ROWS_PER_FILE, stale_before: float | None = None,
+                 row_group_rows: int | None = None) -> None:
         self.uri = uri
+        # None: Parquet's default (each written batch a row group, up to its limit)
+        self.row_group_rows = row_group_rows
         self.stamp = stamp
         self.schema = schema
         self.rows_per_file = rows_per_file
@@ -447,9 +450,9 @@ class DatasetWriter:
             take = min(data.num_rows - offset, self.rows_per_file - self._rows_in_file)
             chunk = data.slice(offset, take)
             if isinstance(chunk, pa.RecordBatch):
-                self._writer.write_batch(chunk)
+                self._writer.write_batch(chunk, row_group_size=self.row_group_rows)
             else:
-                self._writer.write_table(chunk)
+                self._writer.write_table(chunk, row_group_size=self.row_group_rows)
             self._rows_in_file += take
             offset += take
             if self._rows_in_file >= self.rows_per_file:

@@ -105,10 +105,12 @@ class StageTask:
                              code_version=self.code_version, shard=self.shard,
                              lineage=dict(self.lineage))
 
-    def writer(self, name: str, schema: pa.Schema | None = None) -> storage.DatasetWriter:
+    def writer(self, name: str, schema: pa.Schema | None = None,
+               row_group_rows: int | None = None) -> storage.DatasetWriter:
         """A DatasetWriter for output `name` of this task (its shard), stamped."""
         return storage.DatasetWriter(self.output_uri(name), self.stamp(), schema,
-                                     stale_before=self.stale_before)
+                                     stale_before=self.stale_before,
+                                     row_group_rows=row_group_rows)
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,14 @@ model in `params.py`, and one entry below (see docs/extending.md).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 from pydantic import BaseModel
 
+from batchline import fleet
 from batchline.errors import SpecError
 from batchline.params import FeaturesParams, IngestParams, ScoreParams, TrainParams
 
@@ -51,6 +53,11 @@ class StageDef:
     # check every output file's sha256 before reusing it, not only its size
     # (small outputs that must never be used altered: models)
     verify_on_reuse: bool = False
+    # the metrics of a sharded stage's union, from its shards' (default: none);
+    # light functions only: the launcher calls them
+    merge_shards: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    # judged on the committed metrics: a reason to fail the stage (exit 2), or None
+    judge: Callable[[Mapping[str, Any]], str | None] | None = None
 
     @property
     def module(self) -> str:
@@ -74,7 +81,9 @@ _DEFS = (
              summary=("auc_valid", "logloss_valid", "calibration_ece", "rmse_valid",
                       "mae_valid", "r2_valid", "multi_logloss_valid", "accuracy_valid",
                       "best_iteration", "model_version"),
-             extras=("model",), verify_on_reuse=True),
+             extras=("model",), verify_on_reuse=True,
+             # a fleet (spec `segments:`) trains one model per segment across its shards
+             merge_shards=fleet.merge_metrics, judge=fleet.verdict),
     StageDef("score", "the model's predictions for the population, in bounded batches",
              ScoreParams, inputs={"features": "features", "model": "model"},
              outputs=("predictions",), shardable=True,

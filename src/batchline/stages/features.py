@@ -28,11 +28,15 @@ import pyarrow.dataset as ds
 
 from batchline import cpu, storage
 from batchline.errors import DataError, SpecError
-from batchline.params import FeaturesParams
+from batchline.params import SEGMENT_COLUMN, FeaturesParams
 from batchline.task import StageTask
 
 log = logging.getLogger(__name__)
 BATCH_ROWS = 200_000
+# A fleet's features are sorted by segment and written in row groups this small,
+# so that a worker reading one segment skips the others' row groups by their
+# min/max statistics instead of scanning the table.
+SEGMENT_ROW_GROUP_ROWS = 16_384
 _SQL = "stages.features.params.sql"
 
 
@@ -97,8 +101,19 @@ def feature_query(params: FeaturesParams) -> str:
     # Newlines keep a trailing `-- comment` in the user's SQL from swallowing
     # the wrapper; a trailing ';' is dropped so the SELECT can be nested.
     body = params.sql.strip().rstrip(";")
-    query = f"SELECT * FROM (\n{body}\n) AS batchline_features ORDER BY {order}"
-    check_one_select(query)
+    if params.segments is None:
+        query = f"SELECT * FROM (\n{body}\n) AS batchline_features ORDER BY {order}"
+        check_one_select(query)
+        return query
+    # A fleet: each row's segment as text, rows sorted by it first (see
+    # SEGMENT_ROW_GROUP_ROWS); NULLs sort last and fall back to the global model.
+    by = params.segments.by.strip()
+    check_one_select(f"SELECT ({by})", "segments.by")
+    # First column, so that ORDER BY ALL (no order_by) sorts by segment first too.
+    order = order if order == "ALL" else f"{SEGMENT_COLUMN} NULLS LAST, {order}"
+    query = (f"SELECT CAST((\n{by}\n) AS VARCHAR) AS {SEGMENT_COLUMN}, * FROM (\n{body}\n) "
+             f"AS batchline_features ORDER BY {order}")
+    check_one_select(query, "segments.by")
     return query
 
 
@@ -149,7 +164,12 @@ def run(task: StageTask) -> dict[str, Any]:
     con = connect(params)
     try:
         reader = feature_reader(con, encounters, params, tuple(task.inputs))
-        with task.writer("features") as out:
+        if params.segments is not None and \
+                reader.schema.names.count(SEGMENT_COLUMN) > 1:
+            raise SpecError(f"{_SQL}: selects a column named {SEGMENT_COLUMN!r}, which "
+                            "batchline adds for segments:; rename it")
+        row_group = SEGMENT_ROW_GROUP_ROWS if params.segments is not None else None
+        with task.writer("features", row_group_rows=row_group) as out:
             for batch in feature_batches(reader):
                 out.write(batch)
             if out.schema is None:

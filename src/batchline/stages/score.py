@@ -221,6 +221,10 @@ def _describe(params: ScoreParams) -> str:
 def run(task: StageTask) -> dict[str, Any]:
     """Score the population with the model; commit `predictions` (or this shard of it)."""
     params = ScoreParams(**task.params)
+    if params.segments is not None:
+        from batchline.stages import fleet_score  # a fleet: each row by its segment's model
+
+        return fleet_score.run(task, params)
     booster, card = load_model(task.inputs["model"])
     fmap = FeatureMap(card["feature_map"]["features"], card["feature_map"]["categorical"])
     dataset = population_dataset(task.inputs["features"], params)

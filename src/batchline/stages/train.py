@@ -329,6 +329,10 @@ def commit_metrics(model: TrainedModel) -> dict[str, Any]:
 def run(task: StageTask) -> dict[str, Any]:
     """Train on the committed features; commit `model` (model.txt + model.json)."""
     params = TrainParams(**task.params)
+    if params.segments is not None:
+        from batchline.stages import fleet_train  # a fleet: one model per segment
+
+        return fleet_train.run(task, params)
     with arrow_data_errors("train"):
         data = load_training_data(storage.open_dataset(task.inputs["features"]), params)
     model = train(data, params)

@@ -1,0 +1,161 @@
+"""score for a fleet: each row by its segment's model, the global model for the rest.
+
+Rows carry their segment (the column features adds); a batch is split by
+segment and each part predicted by that segment's model, or by the global
+model when the segment has none (too small, failed, or first seen now).
+Models are loaded when their segment first appears, each checked against its
+sha256, so a worker scoring a few segments loads only theirs. Each prediction
+row names the segment and the version of the model that scored it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from batchline import cpu, fleet, storage
+from batchline.errors import DataError, StorageError
+from batchline.params import SEGMENT_COLUMN, ScoreParams
+from batchline.stages import score as single
+from batchline.stages.matrix import FeatureMap, arrow_data_errors
+from batchline.task import StageTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Model:
+    """One loaded model of the fleet."""
+
+    key: str
+    booster: lgb.Booster
+    card: dict[str, Any]
+    fmap: FeatureMap
+
+    @property
+    def version(self) -> str:
+        return str(self.card["model_version"])
+
+
+class FleetModels:
+    """The models of a committed fleet `model` dataset, loaded on first use."""
+
+    def __init__(self, model_uri: str) -> None:
+        self.uri = model_uri
+        record = storage.committed(model_uri)
+        self.files = {f.path.rsplit("/", 1)[-1]: f for f in record.files}
+        boards = [storage.read_bytes(storage.join(model_uri, f.path)) for f in record.files
+                  if f.path.rsplit("/", 1)[-1] == fleet.LEADERBOARD]
+        if not boards:
+            raise StorageError(f"{model_uri} holds no {fleet.LEADERBOARD}: it is not a fleet's "
+                               "model; train again with this spec's segments:")
+        # segment value -> key of its own model (those that trained)
+        self.routes = {r["value"]: r["segment"] for r in fleet.leaderboard_rows(boards)
+                       if r["status"] == fleet.OK and r["segment"] != fleet.GLOBAL}
+        self._loaded: dict[str, Model] = {}
+        self.fallback = self.get(fleet.GLOBAL)
+
+    def get(self, key: str) -> Model:
+        """The model named `key`, loaded and checked once."""
+        if key not in self._loaded:
+            text, card = self._read(key)
+            fmap = FeatureMap(card["feature_map"]["features"], card["feature_map"]["categorical"])
+            self._loaded[key] = Model(key, lgb.Booster(model_str=text.decode()), card, fmap)
+        return self._loaded[key]
+
+    @property
+    def loaded(self) -> int:
+        """How many models were used so far."""
+        return len(self._loaded)
+
+    def for_segment(self, value: str | None) -> Model:
+        """The segment's own model, or the global one."""
+        key = self.routes.get(value) if value is not None else None
+        return self.get(key) if key is not None else self.fallback
+
+    def _read(self, key: str) -> tuple[bytes, dict[str, Any]]:
+        names = fleet.model_file(key, "txt"), fleet.model_file(key, "json")
+        missing = [n for n in names if n not in self.files]
+        if missing:
+            raise StorageError(f"{self.uri} lists no {missing}; train the fleet again")
+        text = storage.read_bytes(storage.join(self.uri, self.files[names[0]].path))
+        card: dict[str, Any] = json.loads(storage.read_bytes(
+            storage.join(self.uri, self.files[names[1]].path)))
+        digest = hashlib.sha256(text).hexdigest()
+        if digest != card["model_sha256"] or digest != self.files[names[0]].sha256:
+            raise DataError(f"{self.uri}/{names[0]} does not match its recorded sha256; the "
+                            "model file was changed after training: retrain")
+        return text, card
+
+
+def prediction_schema(id_fields: list[pa.Field], card: dict[str, Any]) -> pa.Schema:
+    """The single model's prediction columns, plus the row's segment and its model's."""
+    base = single.prediction_schema(id_fields, card)
+    at = base.get_field_index("model_version")
+    return base.insert(at, pa.field("segment", pa.string())).insert(
+        at + 1, pa.field("model_segment", pa.string()))
+
+
+def score_batches(batches: Iterable[pa.RecordBatch], models: FleetModels,
+                  id_columns: list[str], schema: pa.Schema, run_id: str, num_threads: int,
+                  shard: tuple[int, int], tally: single.Tally) -> Iterator[pa.RecordBatch]:
+    """One predictions batch per segment present in each input batch."""
+    index, count = shard
+    for batch in batches:
+        if count > 1:
+            keys = batch.column(id_columns[0]).to_numpy(zero_copy_only=False)
+            batch = batch.filter(pa.array(keys % count == index))
+        segments = batch.column(SEGMENT_COLUMN)
+        for value in pc.unique(segments).to_pylist():
+            mask = pc.is_null(segments) if value is None else pc.equal(segments, value)
+            part = batch.filter(pc.fill_null(mask, False))
+            model = models.for_segment(value)
+            with arrow_data_errors("score"):
+                matrix = model.fmap.matrix(part)
+            raw = np.asarray(model.booster.predict(matrix, num_threads=num_threads))
+            n = part.num_rows
+            tally.rows += n
+            yield pa.RecordBatch.from_arrays(
+                [*(part.column(c) for c in id_columns),
+                 *single.prediction_columns(raw, model.card), pa.array([value] * n, pa.string()),
+                 pa.array([model.key] * n, pa.string()),
+                 pa.array([model.version] * n, pa.string()), pa.array([run_id] * n, pa.string())],
+                schema=schema)
+
+
+def run(task: StageTask, params: ScoreParams) -> dict[str, Any]:
+    """Score the population, each row by its segment's model; commit `predictions`."""
+    models = FleetModels(task.inputs["model"])
+    glob = models.fallback
+    dataset = single.population_dataset(task.inputs["features"], params)
+    single.check_columns(dataset, params, glob.fmap, glob.card["label"], task.inputs["features"])
+    if SEGMENT_COLUMN not in dataset.schema.names:
+        raise DataError(f"{task.inputs['features']} has no {SEGMENT_COLUMN!r} column, which "
+                        "features adds when the spec has segments:; run features with this spec")
+    columns = list(dict.fromkeys([*params.id_columns, SEGMENT_COLUMN, *glob.fmap.features]))
+    schema = prediction_schema([dataset.schema.field(c) for c in params.id_columns], glob.card)
+    shard, tally = (task.shard_index, task.shard_count), single.Tally()
+
+    def population_size() -> int:
+        return sum(b.num_rows for b in single.population_batches(
+            dataset, params, glob.card["label"], params.id_columns[:1]))
+    with task.writer("predictions", schema) as out:
+        for batch in score_batches(single.population_batches(dataset, params, glob.card["label"],
+                                                             columns),
+                                   models, params.id_columns, schema, task.run_id,
+                                   cpu.threads(params.num_threads), shard, tally):
+            out.write(batch)
+        record = out.commit(single.commit_metrics(tally, params, glob.version, shard,
+                                                  population_size))
+    log.info("score: %d predictions by %d models", record.rows, models.loaded)
+    return {"rows": record.rows, "model_version": glob.version,
+            "warnings": record.metrics["warnings"]}

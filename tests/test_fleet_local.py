@@ -1,0 +1,119 @@
+"""A fleet end to end on the local backend: 20 hospitals, one with a single-class label.
+
+Small on purpose (CI time): 20 hospitals of 150-1,500 rows, tiny models.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
+import pytest
+from conftest import ROOT
+
+from batchline import fleet, storage
+from batchline.client import Client
+from batchline.demo_data import generate
+from batchline.errors import StageFailed
+from batchline.manifest import RunManifest
+from batchline.params import SEGMENT_COLUMN
+
+pytestmark = pytest.mark.slow
+FLEET = ROOT / "jobs" / "readmission_fleet.yaml"
+BROKEN = "H003"  # its labels are all 0: its model cannot be built
+
+
+@pytest.fixture(scope="module")
+def fleet_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fleet")
+    generate(12_000, out, seed=3, hospitals=20, fleet=True)
+    path = out / "encounters.csv"
+    table = pacsv.read_csv(path)
+    label = table.column("readmitted_30d")
+    broken = pc.equal(table.column("hospital_id"), BROKEN)
+    zeros = pc.if_else(pc.and_(broken, pc.is_valid(label)), pa.scalar(0, pa.int64()), label)
+    pacsv.write_csv(table.set_column(table.schema.get_field_index("readmitted_30d"),
+                                     "readmitted_30d", zeros), path)
+    return path
+
+
+def _sets(source: Path, **extra: object) -> dict[str, object]:
+    return {"stages.ingest.params.source": str(source), "segments.min_rows": 300,
+            "stages.train.params.num_boost_round": 60,
+            "segments.max_failed_fraction": 0.1, **extra}
+
+
+def _board(manifest: RunManifest) -> list[dict]:
+    uri = manifest.stage("train").outputs["model"]
+    record = storage.committed(uri)
+    return fleet.leaderboard_rows(storage.read_bytes(storage.join(uri, f.path))
+                                  for f in record.files if f.path.endswith(fleet.LEADERBOARD))
+
+
+def test_fleet_trains_per_segment_routes_scores_and_resumes_only_the_failed(
+        fleet_csv: Path, tmp_path: Path) -> None:
+    client = Client(str(tmp_path / "store"))
+    # Too strict a limit: the one failed hospital fails the fleet, naming it.
+    with pytest.raises(StageFailed) as failed:
+        client.run(str(FLEET), sets=_sets(fleet_csv, **{"segments.max_failed_fraction": 0.0}),
+                   run_id="strict")
+    assert failed.value.stage == "train" and BROKEN in str(failed.value)
+    assert "max_failed_fraction" in str(failed.value)
+
+    manifest = client.run(str(FLEET), sets=_sets(fleet_csv), run_id="fleet")
+    board = {row["segment"]: row for row in _board(manifest)}
+    counts = pc.value_counts(pacsv.read_csv(fleet_csv).column("hospital_id")).to_pylist()
+    assert set(board) == {fleet.GLOBAL} | {c["values"] for c in counts}  # every hospital listed
+    assert board[BROKEN]["status"] == fleet.FAILED
+    assert "holds only [0.0]" in board[BROKEN]["cause"]
+    own = [k for k, r in board.items() if r["status"] == fleet.OK and k != fleet.GLOBAL]
+    small = [k for k, r in board.items() if r["status"] == fleet.FALLBACK]
+    assert own and small and all(board[k]["rows"] < 300 for k in small)
+    assert all(0.3 < board[k]["auc_valid"] <= 1.0 for k in own)
+    train = manifest.stage("train")
+    assert train.metrics["auc_valid"] == board[fleet.GLOBAL]["auc_valid"]
+    assert any(BROKEN in w and "resume" in w for w in train.warnings)
+    # The two workers split the models: the global one alone, the segments on the other.
+    model_uri = train.outputs["model"]
+    shards = [storage.committed(f"{model_uri}/shard-0000{i}") for i in range(2)]
+    assert [s.metrics["segments_trained"] for s in shards] == [0, len(own)]
+
+    # Each segment reads only its own row groups: the features are sorted by segment.
+    features = storage.open_dataset(manifest.stage("features").outputs["features"])
+    fragments = list(features.get_fragments())
+    groups = sum(f.num_row_groups for f in fragments)
+    hit = sum(len(f.split_by_row_group(ds.field(SEGMENT_COLUMN) == "H007")) for f in fragments)
+    assert groups >= 1 and hit <= 2
+
+    # Score routes each row to its segment's model, the others to the global one.
+    predictions = storage.open_dataset(manifest.stage("score").outputs["predictions"]).to_table()
+    rows = predictions.to_pylist()
+    assert rows
+    for row in rows:
+        expected = row["segment"] if row["segment"] in own else fleet.GLOBAL
+        assert row["model_segment"] == expected
+        assert row["model_version"] == board[expected]["model_version"]
+    assert {r["model_segment"] for r in rows} >= {fleet.GLOBAL, own[0]}
+
+    # Resume trains only the failed hospital again; equal bytes leave score as it was.
+    before = storage.committed(model_uri).fingerprint
+    resumed = client.resume("fleet")
+    assert resumed.stage("train").state.value == "succeeded"
+    # The worker of the global model had nothing to redo: it is not started again.
+    attempts = sorted(p.name for p in (tmp_path / "store" / "runs" / "fleet" / "train" / "logs")
+                      .glob("attempt-2*"))
+    assert attempts == ["attempt-2-shard-1.log"]
+    logs = (tmp_path / "store" / "runs" / "fleet" / "train" / "logs" / attempts[0]).read_text()
+    assert logs.count("carried over from an earlier attempt") == len(own)
+    assert f"segment {BROKEN} failed" in logs and "trained in" not in logs
+    assert storage.committed(model_uri).fingerprint == before
+    assert resumed.stage("score").state.value == "reused"
+    np.testing.assert_array_equal(
+        storage.open_dataset(resumed.stage("score").outputs["predictions"]).to_table()
+        .column("score").to_numpy(), predictions.column("score").to_numpy())
+    assert json.loads(json.dumps(train.metrics))  # the manifest keeps plain JSON

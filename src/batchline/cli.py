@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 import typer
 
 from batchline import __version__
+from batchline.cli_models import models_app
 
 if TYPE_CHECKING:
     from batchline.client import Client
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_show_locals=False,
                   help="Model-building jobs as four containerized batch stages.")
+app.add_typer(models_app, name="models")
 T = TypeVar("T")
 BACKEND_NAMES = "local, container, kubernetes, sagemaker"
 

@@ -38,6 +38,8 @@ from batchline.stages import STAGES, producers
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from batchline.registry import Registry
+
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "./batchline-data"
 EXIT_OK = 0
@@ -275,6 +277,28 @@ class Client:
         return entry.outputs[output]
 
     # -- the plumbing ------------------------------------------------------------------
+    # -- fleets and the model registry ---------------------------------------------------
+    def leaderboard(self, run_id: str) -> list[dict[str, Any]]:
+        """A fleet run's leaderboard: every segment with its status, metrics and cause."""
+        from batchline import fleet
+
+        manifest = self.status(run_id)
+        outputs = manifest.stage("train").outputs if "train" in manifest.stages else {}
+        if "model" not in outputs:
+            raise SpecError(f"run {run_id} has no committed train stage; its leaderboard is "
+                            "written when train succeeds")
+        return fleet.read_leaderboard(outputs["model"])
+
+    def registry(self, pipeline: str) -> Registry:
+        """The model registry of `pipeline` under this client's storage root."""
+        from batchline.registry import Registry
+
+        return Registry(self.root(), pipeline)
+
+    def registered_pipelines(self) -> list[str]:
+        """Pipelines with models in the registry."""
+        return storage.list_dir(storage.join(self.root(), "registry"))
+
     def root(self, spec: PipelineSpec | None = None) -> str:
         """The storage root: the client's, $BATCHLINE_STORAGE, the spec's, or the default."""
         root = self.storage or os.environ.get("BATCHLINE_STORAGE") or (

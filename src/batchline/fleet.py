@@ -20,6 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from batchline import storage
+from batchline.errors import StorageError
+
 GLOBAL = "_global"
 LEADERBOARD = "leaderboard.json"
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -136,3 +139,14 @@ def leaderboard_rows(files: Iterable[bytes]) -> list[dict[str, Any]]:
     """The workers' leaderboard files as one list, global model first, then by segment."""
     rows = [row for data in files for row in json.loads(data)]
     return sorted(rows, key=lambda r: (r["segment"] != GLOBAL, str(r["segment"])))
+
+
+def read_leaderboard(model_uri: str) -> list[dict[str, Any]]:
+    """The leaderboard of a committed fleet `model` dataset (every worker's part)."""
+    record = storage.committed(model_uri)
+    files = [storage.read_bytes(storage.join(model_uri, f.path)) for f in record.files
+             if f.path.rsplit("/", 1)[-1] == LEADERBOARD]
+    if not files:
+        raise StorageError(f"{model_uri} holds no {LEADERBOARD}: it is a single model, "
+                                   "not a fleet (the spec has no segments:)")
+    return leaderboard_rows(files)

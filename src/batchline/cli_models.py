@@ -94,9 +94,10 @@ def show(pipeline: PipelineArg, segment: SegmentArg, storage_opt: StorageOpt = N
             raise SpecError(f"no model {pipeline}/{segment} in the registry; `batchline models "
                             "list` shows what is there")
         aliases = {name: registry.alias(segment, name) for name in ("champion", "challenger")}
-        data = {"pipeline": pipeline, "segment": segment, "versions": versions,
+        decisions = registry.decisions(segment)
+        data: dict[str, Any] = {"pipeline": pipeline, "segment": segment, "versions": versions,
                 "aliases": {k: (vars(a) if a else None) for k, a in aliases.items()},
-                "decisions": registry.decisions(segment)}
+                "decisions": decisions}
         lines = [f"{name}: {a.version} (by {a.run_id or a.by}: {a.reason})" if a else
                  f"{name}: -" for name, a in aliases.items()]
         lines += [f"version {v['version']}\t{_figure(v)}\trun "
@@ -105,7 +106,7 @@ def show(pipeline: PipelineArg, segment: SegmentArg, storage_opt: StorageOpt = N
                   for v in versions]
         lines += [f"decision of run {d['run_id']}: "
                   f"{'promoted' if d.get('promoted') else 'not promoted'} ({d.get('reason')})"
-                  for d in data["decisions"]]
+                  for d in decisions]
         _emit(data, lines, as_json)
     _guard(body)
 

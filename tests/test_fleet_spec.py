@@ -58,8 +58,24 @@ def test_a_bad_segments_section_names_its_field(section: dict, message: str) -> 
 def test_segments_are_set_once_at_the_top_level() -> None:
     data = _data()
     data["stages"]["train"]["params"]["segments"] = {"by": "hospital_id"}
-    with pytest.raises(SpecError, match=r"stages\.train\.params\.segments: segments are set "
+    with pytest.raises(SpecError, match=r"stages\.train\.params\.segments: segments is set "
                                         "once, at the top level"):
+        parse_spec(data, "fleet.yaml")
+
+
+def test_promote_needs_segments_and_reaches_train_only() -> None:
+    spec = load_spec(FLEET)
+    train = spec.params("train")
+    assert isinstance(train, TrainParams) and train.promote is not None
+    assert train.promote.metric == "auc" and train.promote.min_gain == 0.002
+    assert "promote" not in spec.params("score").model_dump()
+    data = _data()
+    del data["segments"], data["stages"]["train"]["shards"]
+    with pytest.raises(SpecError, match="promote: gates a fleet's models; add a segments:"):
+        parse_spec(data, "fleet.yaml")
+    data = _data()
+    data["promote"]["metric"] = "f1"
+    with pytest.raises(SpecError, match=r"promote\.metric"):
         parse_spec(data, "fleet.yaml")
 
 

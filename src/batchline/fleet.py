@@ -94,7 +94,8 @@ def merge_metrics(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """One fleet's metrics from its workers' commits: the global model's headline figures
     (from the worker that trained it), the segment counts, and every failed segment."""
     merged: dict[str, Any] = {}
-    counts = {"segments_trained": 0, "segments_failed": 0, "segments_fallback": 0}
+    counts = {"segments_trained": 0, "segments_failed": 0, "segments_fallback": 0,
+              "segments_promoted": 0}
     failed: list[str] = []
     warnings: list[str] = []
     for part in parts:

@@ -46,6 +46,25 @@ class SegmentsSpec(_Params):
         "their cause) before the train stage fails")
 
 
+class PromoteSpec(_Params):
+    """The promotion gate: when a segment's new model (the challenger) replaces its champion.
+
+    Both are scored on the challenger's own validation rows, in the same run;
+    the challenger must pass the absolute checks and beat the champion by
+    `min_gain` on `metric`. The decision and its numbers are recorded per segment.
+    """
+
+    metric: Literal["auc", "logloss", "rmse", "mae", "r2", "multi_logloss", "accuracy"] = \
+        Field("auc", description="compared on the validation rows (auc for binary, rmse for "
+              "regression, multi_logloss for multiclass, ...)")
+    min_gain: float = Field(0.0, ge=0.0, description="how much better than the champion the "
+                            "challenger must be (in the metric's own units)")
+    max_calibration_error: float | None = Field(None, gt=0.0, le=1.0, description="binary: "
+                                                "the challenger's calibration ECE at most this")
+    min_rows: int = Field(0, ge=0, description="validation rows the comparison needs; fewer: "
+                          "not promoted (too noisy to judge)")
+
+
 class _Segmented(_Params):
     """Params of a stage that behaves differently when the spec has `segments:`.
 
@@ -60,8 +79,10 @@ class _Segmented(_Params):
     @model_serializer(mode="wrap")
     def _without_unset_segments(self, handler: SerializerFunctionWrapHandler) -> Any:
         data = handler(self)
-        if isinstance(data, dict) and data.get("segments") is None:
-            data.pop("segments", None)
+        if isinstance(data, dict):
+            for name in ("segments", "promote"):
+                if name in data and data[name] is None:
+                    del data[name]
         return data
 
 
@@ -216,6 +237,9 @@ class TrainParams(_Segmented):
     Every numeric and boolean column is a feature, and so is every string
     column (as a categorical) unless it is in `exclude`.
     """
+
+    promote: PromoteSpec | None = Field(None, description="set from the spec's top-level "
+                                        "promote: section (a fleet's promotion gate)")
 
     objective: Literal["binary", "regression", "multiclass"] = "binary"
     label: str

@@ -28,7 +28,7 @@ from pydantic import (
 
 from batchline import quantity
 from batchline.errors import SpecError
-from batchline.params import SegmentsSpec
+from batchline.params import PromoteSpec, SegmentsSpec
 from batchline.pipeline import Pipeline, build
 from batchline.spec_errors import did_you_mean, explain, report
 from batchline.stages import STAGES
@@ -93,14 +93,25 @@ class PipelineSpec(_Model):
     backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # A fleet: one model per segment; handed to the stages whose params take it.
     segments: SegmentsSpec | None = None
+    # The fleet's promotion gate (registry champions); needs segments.
+    promote: PromoteSpec | None = None
 
     @model_serializer(mode="wrap")
     def _without_unset_segments(self, handler: SerializerFunctionWrapHandler) -> Any:
         # Specs without segments dump (into manifests, launcher Jobs) as before.
         data = handler(self)
-        if isinstance(data, dict) and data.get("segments") is None:
-            data.pop("segments", None)
+        if isinstance(data, dict):
+            for name in ("segments", "promote"):
+                if name in data and data[name] is None:
+                    del data[name]
         return data
+
+    @model_validator(mode="after")
+    def _promote_needs_segments(self) -> PipelineSpec:
+        if self.promote is not None and self.segments is None:
+            raise ValueError("promote: gates a fleet's models; add a segments: section (for "
+                             "one model per run, leave promote: out)")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -126,8 +137,11 @@ class PipelineSpec(_Model):
         """The stage's params, validated (already checked at load time), with the spec's
         `segments:` section for the stages that take it."""
         model = STAGES[stage].params
-        extra = {"segments": self.segments} if self.segments is not None and \
-            "segments" in model.model_fields else {}
+        extra: dict[str, Any] = {}
+        if self.segments is not None:
+            extra = {name: value for name, value in (("segments", self.segments),
+                                                     ("promote", self.promote))
+                     if name in model.model_fields and value is not None}
         return model(**self.stages[stage].params, **extra)
 
     def image(self, stage: str) -> str:
@@ -202,10 +216,11 @@ def stage_problems(data: dict[str, Any]) -> list[str]:
             problems.append(f"stages.{name}.shards: stage {name!r} cannot be sharded "
                             f"(shardable: {shardable}); remove shards or set it to 1")
         params = raw.get("params")
-        if isinstance(params, dict) and "segments" in params:
-            problems.append(f"stages.{name}.params.segments: segments are set once, at the top "
-                            "level of the spec (segments: {by: ..., min_rows: ...}); move it")
-            params = {k: v for k, v in params.items() if k != "segments"}
+        for section in ("segments", "promote"):
+            if isinstance(params, dict) and section in params:
+                problems.append(f"stages.{name}.params.{section}: {section} is set once, at the "
+                                f"top level of the spec ({section}: {{...}}); move it")
+                params = {k: v for k, v in params.items() if k != section}
         if isinstance(params, dict):
             model = STAGES[name].params
             try:

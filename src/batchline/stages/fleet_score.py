@@ -58,9 +58,10 @@ class FleetModels:
         if not boards:
             raise StorageError(f"{model_uri} holds no {fleet.LEADERBOARD}: it is not a fleet's "
                                "model; train again with this spec's segments:")
-        # segment value -> key of its own model (those that trained)
+        # segment value -> key of the model that serves it (the registry's champion when
+        # the run was written, which the train stage put in the dataset)
         self.routes = {r["value"]: r["segment"] for r in fleet.leaderboard_rows(boards)
-                       if r["status"] == fleet.OK and r["segment"] != fleet.GLOBAL}
+                       if r.get("serving_version") and r["segment"] != fleet.GLOBAL}
         self._loaded: dict[str, Model] = {}
         self.fallback = self.get(fleet.GLOBAL)
 

@@ -18,6 +18,7 @@ carried over and only its failed segments are trained again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -32,6 +33,8 @@ import pyarrow.dataset as ds
 from batchline import fleet, storage
 from batchline.errors import DataError
 from batchline.params import SEGMENT_COLUMN, SegmentsSpec, TrainParams
+from batchline.registry import Registry
+from batchline.stages import fleet_gate
 from batchline.stages import train as single
 from batchline.stages.matrix import arrow_data_errors
 from batchline.task import StageTask
@@ -103,23 +106,24 @@ class Carried:
                             if r["status"] == fleet.OK}
 
     def take(self, key: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
-        """The entry and files of a model trained before, or None to train it."""
+        """The entry and serving files of a model trained before, or None to train it."""
         entry = self.entries.get(key)
         names = [fleet.model_file(key, "txt"), fleet.model_file(key, "json")]
-        if entry is None or any(n not in self.files for n in names):
+        serves = entry is not None and entry.get("serving_version") is not None
+        if entry is None or (serves and any(n not in self.files for n in names)):
             return None
         return entry, {n: storage.read_bytes(storage.join(self.uri, self.files[n]))
-                       for n in names}
+                       for n in names if serves}
 
 
 def train_segment(dataset: ds.Dataset, value: str | None, params: TrainParams,
-                  trainer: Trainer) -> single.TrainedModel:
-    """One segment's model (or the global one, `dataset` unfiltered)."""
+                  trainer: Trainer) -> tuple[single.TrainedModel, single.TrainingData]:
+    """One segment's model (or the global one, `dataset` unfiltered), and its data."""
     with arrow_data_errors("train"):
         data = single.load_training_data(dataset, params)
     check_both_classes(data, params)
     try:
-        return trainer(data, params)
+        return trainer(data, params), data
     except lgb.basic.LightGBMError as exc:
         raise DataError(f"LightGBM refused the segment's data: {exc}") from None
 
@@ -137,23 +141,21 @@ def run(task: StageTask, params: TrainParams, trainer: Trainer = single.train
     # single model of its own, so the spec's segments do not reach it.
     base = params.model_copy(update={"exclude": [*params.exclude, SEGMENT_COLUMN],
                                      "segments": None})
+    # (base keeps `promote`: the gate reads it; a model's own card never shows it)
     carried = Carried(task)
     board: list[dict[str, Any]] = []
-    global_metrics: dict[str, Any] = {}
     with task.writer("model") as out:
         for key in mine:
             value = the_plan.values.get(key)
-            entry = _one(out, dataset, key, value, base, trainer, carried, task.run_id)
+            entry = _one(out, dataset, key, value, base, trainer, carried, task)
             board.append(entry)
-            if key == fleet.GLOBAL:
-                global_metrics = entry.pop("global_metrics")
         if fleet.GLOBAL in mine:  # the worker of the global model lists who falls back to it
             board += [{"segment": k, "value": the_plan.values[k], "status": fleet.FALLBACK,
                        "rows": n, "cause": f"{n} labelled rows, fewer than segments.min_rows "
                        f"{segments.min_rows}: scored by the global model"}
                       for k, n in the_plan.fallback.items()]
         out.write_file(fleet.LEADERBOARD, json.dumps(board, indent=1, sort_keys=True).encode())
-        part = worker_metrics(board, global_metrics, segments)
+        part = worker_metrics(board, segments)
         # Alone, this worker's commit is the fleet's; sharded, the launcher merges.
         metrics = fleet.merge_metrics([part]) if task.shard_count == 1 else part
         out.commit(metrics)
@@ -161,56 +163,96 @@ def run(task: StageTask, params: TrainParams, trainer: Trainer = single.train
 
 
 def _one(out: storage.DatasetWriter, dataset: ds.Dataset, key: str, value: str | None,
-         base: TrainParams, trainer: Trainer, carried: Carried, run_id: str) -> dict[str, Any]:
-    """Train (or carry over) one model and write its files; its leaderboard entry."""
+         base: TrainParams, trainer: Trainer, carried: Carried, task: StageTask
+         ) -> dict[str, Any]:
+    """Train (or carry over) one model, put it through the promotion gate, and write the
+    files of the version that serves the segment now; its leaderboard entry."""
     kept = carried.take(key)
     if kept is not None:
         entry, files = kept
-        for name, data in files.items():
-            out.write_file(name, data)
+        for name, content in files.items():
+            out.write_file(name, content)
         entry = dict(entry)
-        if key == fleet.GLOBAL:
-            entry["global_metrics"] = json.loads(files[fleet.model_file(key, "json")])["metrics"]
         log.info("train: segment %s: carried over from an earlier attempt", key)
         return entry
+    registry = Registry(task.storage_root, pipeline_name(task))
     started = time.monotonic()
     rows = dataset if key == fleet.GLOBAL else segment_rows(dataset, value)
     try:
-        model = train_segment(rows, value, base, trainer)
+        model, data = train_segment(rows, value, base, trainer)
     except DataError as exc:
         if key == fleet.GLOBAL:
             raise DataError(f"the global model (every segment's fallback) failed: {exc}") \
                 from None
         log.warning("train: segment %s failed: %s", key, exc)
-        return {"segment": key, "value": value, "status": fleet.FAILED, "cause": str(exc)}
-    card = {**single.model_card(model, base, run_id), "segment": key, "segment_value": value}
-    out.write_file(fleet.model_file(key, "txt"), model.text.encode())
-    out.write_file(fleet.model_file(key, "json"),
-                   json.dumps(card, indent=2, sort_keys=True).encode())
+        champion = registry.alias(key)
+        if champion is not None:  # the champion keeps scoring the segment
+            serve(out, registry, key, champion.version)
+        return {"segment": key, "value": value, "status": fleet.FAILED, "cause": str(exc),
+                "serving_version": champion.version if champion else None}
+    card = {**single.model_card(model, base, task.run_id), "segment": key,
+            "segment_value": value}
     entry = board_entry(key, value, model)
-    if key == fleet.GLOBAL:
-        entry["global_metrics"] = model.metrics
-    log.info("train: segment %s: trained in %.1fs (%s)", key, time.monotonic() - started,
-             ", ".join(f"{k} {entry[k]}" for k in BOARD_METRICS[:5] if k in entry))
+    version = registry.register(key, model.text.encode(), {
+        "card": card, "metrics": {k: v for k, v in entry.items() if k in BOARD_METRICS},
+        "lineage": lineage(task, base)})
+    decision = fleet_gate.decide(registry, key, version, single.commit_metrics(model),
+                                 fleet_gate.Holdout.of(data), base, task.run_id)
+    entry.update(decision=decision, serving_version=decision["serving"])
+    if decision["serving"] == version:
+        out.write_file(fleet.model_file(key, "txt"), model.text.encode())
+        out.write_file(fleet.model_file(key, "json"),
+                       json.dumps(card, indent=2, sort_keys=True).encode())
+    elif decision["serving"] is not None:
+        serve(out, registry, key, decision["serving"])
+    log.info("train: segment %s: trained in %.1fs (%s); %s: %s", key,
+             time.monotonic() - started,
+             ", ".join(f"{k} {entry[k]}" for k in BOARD_METRICS[:5] if k in entry),
+             "promoted" if decision["promoted"] else "not promoted", decision["reason"])
     return entry
 
 
-def worker_metrics(board: list[dict[str, Any]], global_metrics: dict[str, Any],
-                   segments: SegmentsSpec) -> dict[str, Any]:
-    """This worker's commit metrics: the global model's (if it trained it) and the counts."""
+def serve(out: storage.DatasetWriter, registry: Registry, key: str, version: str) -> None:
+    """Write a registered version's files as the segment's serving model."""
+    record = registry.version(key, version)
+    out.write_file(fleet.model_file(key, "txt"), registry.model_text(key, version))
+    out.write_file(fleet.model_file(key, "json"),
+                   json.dumps(record["card"], indent=2, sort_keys=True).encode())
+
+
+def pipeline_name(task: StageTask) -> str:
+    """The pipeline the registry files this run's models under."""
+    name = task.placement.get("pipeline")
+    if not name:
+        raise DataError("the task names no pipeline (placement.pipeline); a fleet's models "
+                        "are registered under it: run it through batchline run")
+    return str(name)
+
+
+def lineage(task: StageTask, params: TrainParams) -> dict[str, Any]:
+    """Where a registered model came from: run, inputs, code and spec."""
+    spec = json.dumps(params.model_dump(mode="json"), sort_keys=True).encode()
+    return {"run_id": task.run_id, "inputs": dict(task.lineage),
+            "code_version": task.code_version, "cache_key": task.cache_key,
+            "spec_hash": hashlib.sha256(spec).hexdigest()[:16]}
+
+
+def worker_metrics(board: list[dict[str, Any]], segments: SegmentsSpec) -> dict[str, Any]:
+    """This worker's commit metrics: the global model's figures (if it trained it) and the
+    counts of segments trained, failed and falling back."""
     metrics: dict[str, Any] = {}
-    if global_metrics:
-        glob = next(r for r in board if r["segment"] == fleet.GLOBAL)
-        metrics.update(single.commit_metrics(single.TrainedModel(
-            "", single.FeatureMap([], {}), global_metrics)))
-        metrics.update({"model_sha256": glob["model_sha256"],
-                        "model_version": glob["model_version"], "trained_global": True})
+    glob = next((r for r in board if r["segment"] == fleet.GLOBAL), None)
+    if glob is not None:
+        metrics.update({k: glob[k] for k in (*BOARD_METRICS, "model_version", "model_sha256",
+                                             "rows") if k in glob})
+        metrics.update(trained_global=True, serving_version=glob.get("serving_version"))
     failed = [r["segment"] for r in board if r["status"] == fleet.FAILED]
     metrics.update({
         "segments_trained": sum(r["status"] == fleet.OK and r["segment"] != fleet.GLOBAL
                                 for r in board),
         "segments_failed": len(failed), "failed_parts": failed,
         "segments_fallback": sum(r["status"] == fleet.FALLBACK for r in board),
+        "segments_promoted": sum(bool(r.get("decision", {}).get("promoted")) for r in board),
         "max_failed_fraction": segments.max_failed_fraction})
     return metrics
 
@@ -218,7 +260,8 @@ def worker_metrics(board: list[dict[str, Any]], global_metrics: dict[str, Any],
 def summary(metrics: dict[str, Any]) -> dict[str, Any]:
     """What run() returns: the worker's counts and, from the global model, its headline."""
     keys = ("auc_valid", "rmse_valid", "multi_logloss_valid", "model_version",
-            "segments_trained", "segments_failed", "segments_fallback", "warnings")
+            "segments_trained", "segments_promoted", "segments_failed", "segments_fallback",
+            "warnings")
     out = {k: metrics[k] for k in keys if k in metrics}
     log.info("train: %d segment models, %d failed, %d fall back to the global model",
              out["segments_trained"], out["segments_failed"], out["segments_fallback"])

@@ -1,0 +1,153 @@
+"""The promotion gate of one segment: does the new model replace the champion?
+
+The challenger was just trained; the champion is whatever the registry's
+`champion` alias names. Both are scored on the challenger's own validation
+rows (rows neither model was fitted on in this run), in this run, so the
+comparison is like for like. The challenger must pass the spec's absolute
+checks (`promote.min_rows`, `promote.max_calibration_error`) and beat the
+champion by `promote.min_gain`; then the alias is moved by a conditional
+write, which another run may win first. Every decision, with its numbers,
+is recorded in the registry and returned for the leaderboard.
+
+The global model is every other segment's fallback, so the first one is
+promoted even when it misses an absolute check (the decision says so).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+
+from batchline import fleet
+from batchline.params import PromoteSpec, TrainParams
+from batchline.registry import Registry
+from batchline.stages import train as single
+from batchline.stages.matrix import FeatureMap
+
+HIGHER_IS_BETTER = ("auc", "r2", "accuracy")
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """The challenger's validation rows, as its matrix, and the fitting labels."""
+
+    x: np.ndarray
+    y: np.ndarray
+    y_fit: np.ndarray
+    feature_map: FeatureMap
+
+    @classmethod
+    def of(cls, data: single.TrainingData) -> Holdout:
+        x, y = data.valid
+        return cls(x, y, data.y[:data.n_fit], data.feature_map)
+
+
+def remap(x: np.ndarray, ours: FeatureMap, theirs: FeatureMap) -> np.ndarray | None:
+    """Our matrix recoded for a model with another category vocabulary; None when the
+    two models do not use the same features the same way."""
+    if ours.features != theirs.features or set(ours.categorical) != set(theirs.categorical):
+        return None
+    out = x.copy()
+    for j, name in enumerate(ours.features):
+        if name not in ours.categorical:
+            continue
+        index = {v: i for i, v in enumerate(theirs.categorical[name])}
+        table = np.array([index.get(v, np.nan) for v in ours.categorical[name]] + [np.nan],
+                         dtype=np.float32)
+        column = x[:, j]
+        codes = np.where(np.isnan(column), len(table) - 1, column).astype(np.int64)
+        out[:, j] = table[codes]
+    return out
+
+
+def champion_metric(registry: Registry, key: str, version: str, holdout: Holdout,
+                    params: TrainParams, metric: str) -> tuple[float | None, str]:
+    """The champion's `metric` on the challenger's validation rows, or None and why not."""
+    record = registry.version(key, version)
+    card = record.get("card", {})
+    if card.get("objective") != params.objective:
+        return None, f"the champion's objective is {card.get('objective')}"
+    theirs = FeatureMap(card["feature_map"]["features"], card["feature_map"]["categorical"])
+    x = remap(holdout.x, holdout.feature_map, theirs)
+    if x is None:
+        return None, "the champion uses other features"
+    booster = lgb.Booster(model_str=registry.model_text(key, version).decode())
+    pred = np.asarray(booster.predict(x))
+    value = single.validation_metrics(params.objective, holdout.y, pred, holdout.y_fit,
+                                      params).get(f"{metric}_valid")
+    return (None, f"{metric} is not measured for this objective") if value is None \
+        else (float(value), "")
+
+
+def _absolute_problems(metrics: dict[str, Any], gate: PromoteSpec) -> list[str]:
+    problems = []
+    rows = int(metrics.get("rows_valid", 0))
+    if rows < gate.min_rows:
+        problems.append(f"only {rows} validation rows, fewer than promote.min_rows "
+                        f"{gate.min_rows}")
+    ece = metrics.get("calibration_ece")
+    if gate.max_calibration_error is not None and ece is not None and \
+            ece > gate.max_calibration_error:
+        problems.append(f"calibration error {ece} above promote.max_calibration_error "
+                        f"{gate.max_calibration_error}")
+    return problems
+
+
+def decide(registry: Registry, key: str, version: str, metrics: dict[str, Any],
+           holdout: Holdout, params: TrainParams, run_id: str) -> dict[str, Any]:
+    """Judge the challenger `version` against the champion, move the alias if it wins,
+    record the decision; returns it, with `serving` (the version that scores the segment
+    now, or None: the global model does)."""
+    gate = params.promote or PromoteSpec()
+    ours = metrics.get(f"{gate.metric}_valid")
+    champion = registry.alias(key)
+    decision: dict[str, Any] = {"version": version, "metric": gate.metric, "challenger": ours,
+                                "champion_version": champion.version if champion else None,
+                                "champion": None, "at": round(time.time(), 3)}
+    if champion is not None and champion.version == version:
+        return _record(registry, key, run_id, decision, False,
+                       "the same model is the champion already", version)
+    problems = [] if ours is not None else \
+        [f"{gate.metric} is not measured for objective {params.objective}; set promote.metric"]
+    problems += _absolute_problems(metrics, gate)
+    if champion is not None and ours is not None:
+        theirs, why = champion_metric(registry, key, champion.version, holdout, params,
+                                      gate.metric)
+        decision["champion"] = theirs
+        if theirs is None:
+            problems.append(f"cannot score the champion on this holdout ({why}); compare and "
+                            "promote by hand (batchline models promote)")
+        else:
+            gain = (ours - theirs) if gate.metric in HIGHER_IS_BETTER else (theirs - ours)
+            decision["gain"] = round(gain, 6)
+            if gain < gate.min_gain:
+                problems.append(f"{gate.metric} {ours} vs champion {theirs}: gain {gain:+.4f} "
+                                f"below promote.min_gain {gate.min_gain}")
+    forced = champion is None and key == fleet.GLOBAL and problems
+    if problems and not forced:
+        registry.move(key, "challenger", version, registry.alias(key, "challenger"),
+                      run_id=run_id, by="gate", reason="; ".join(problems))
+        return _record(registry, key, run_id, decision, False, "; ".join(problems),
+                       champion.version if champion else None)
+    reason = ("first model of this segment" if champion is None else
+              f"{gate.metric} {ours} beats champion {decision['champion']} by at least "
+              f"{gate.min_gain}")
+    if forced:
+        reason += f" (promoted despite: {'; '.join(problems)}: the fallback must exist)"
+    moved = registry.move(key, "champion", version, champion, run_id=run_id, by="gate",
+                          reason=reason)
+    if not moved.won:
+        return _record(registry, key, run_id, decision, False, moved.reason,
+                       moved.alias.version if moved.alias else None)
+    return _record(registry, key, run_id, decision, True, reason, version)
+
+
+def _record(registry: Registry, key: str, run_id: str, decision: dict[str, Any],
+            promoted: bool, reason: str, serving: str | None) -> dict[str, Any]:
+    decision = {**decision, "promoted": promoted, "reason": reason, "serving": serving}
+    registry.record_decision(key, run_id, decision)
+    return decision

@@ -111,9 +111,12 @@ def show(pipeline: PipelineArg, segment: SegmentArg, storage_opt: StorageOpt = N
     _guard(body)
 
 
-def _moved(moved: Any, as_json: bool, what: str) -> None:
+def _moved(moved: Any, as_json: bool, what: str, registry: Any) -> None:
+    from batchline import registry_serving
     from batchline.cli import _say
 
+    if moved.won:  # scoring-only runs read the champions from the snapshot
+        registry_serving.publish(registry)
     alias = moved.alias
     _emit({"moved": moved.won, "reason": moved.reason,
            "alias": vars(alias) if alias else None},
@@ -134,7 +137,8 @@ def promote(pipeline: PipelineArg, segment: SegmentArg,
 
     def body() -> None:
         registry = _client(storage_opt).registry(pipeline)
-        _moved(registry.promote(segment, version, by=_by(), reason=reason), as_json, "promote")
+        _moved(registry.promote(segment, version, by=_by(), reason=reason), as_json, "promote",
+               registry)
     _guard(body)
 
 
@@ -147,7 +151,27 @@ def rollback(pipeline: PipelineArg, segment: SegmentArg,
 
     def body() -> None:
         registry = _client(storage_opt).registry(pipeline)
-        _moved(registry.rollback(segment, by=_by(), reason=reason), as_json, "rollback")
+        _moved(registry.rollback(segment, by=_by(), reason=reason), as_json, "rollback",
+               registry)
+    _guard(body)
+
+
+@models_app.command()
+def publish(pipeline: PipelineArg, storage_opt: StorageOpt = None) -> None:
+    """Commit the champions' snapshot that scoring-only runs read
+    (stages.score.inputs.model: <storage>/registry/PIPELINE/_serving)."""
+    from batchline import registry_serving
+    from batchline.cli import _client, _guard, _say
+
+    def body() -> None:
+        registry = _client(storage_opt).registry(pipeline)
+        uri = registry_serving.publish(registry)
+        if uri is None:
+            from batchline.errors import SpecError
+
+            raise SpecError(f"pipeline {pipeline!r} has no global champion in the registry yet; "
+                            "train its fleet first")
+        _say(f"champions of {pipeline} committed at {uri}")
     _guard(body)
 
 

@@ -324,6 +324,7 @@ class Client:
         rid = layout.check_run_id(run_id) if run_id is not None else \
             layout.new_run_id(parsed.name)
         selected = _known(stages, parsed, "--stages")
+        parsed = _score_from_registry(parsed, root, selected)
         forced = list(parsed.pipeline.order) if no_cache else _known(force, parsed, "--force")
         merged = {**parsed.backend_options(backend), **dict(options or {})}
         _require_remote(parsed, root, backend)
@@ -404,6 +405,26 @@ def _did_you_mean(name: str, choices: Iterable[str]) -> str:
 
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _score_from_registry(spec: PipelineSpec, root: str,
+                         selected: list[str] | None) -> PipelineSpec:
+    """A fleet's scoring-only run (`--stages ingest,features,score`) scores with the
+    registry's champions: score reads their snapshot instead of a train run's models."""
+    if spec.segments is None or not selected or "train" in selected or \
+            "score" not in selected or "model" in spec.stages["score"].inputs:
+        return spec
+    from batchline.registry import Registry
+    from batchline.registry_serving import serving_uri
+
+    uri = serving_uri(Registry(root, spec.name))
+    if storage.read_success(uri) is None:
+        raise SpecError(f"a scoring-only run of fleet {spec.name!r} scores with the "
+                        f"registry's champions, and {uri} is not committed; train the fleet "
+                        f"first, or run `batchline models publish {spec.name}`")
+    data = spec.model_dump(mode="json")
+    data["stages"]["score"]["inputs"] = {"model": uri}
+    return parse_spec(data, "<spec>")
 
 
 def _absolute_sources(spec: PipelineSpec) -> PipelineSpec:

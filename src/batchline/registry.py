@@ -70,7 +70,8 @@ class Registry:
     # -- reading --------------------------------------------------------------------------
     def segments(self) -> list[str]:
         """Segments with at least one registered version (or alias)."""
-        return storage.list_dir(self.uri)
+        # `_serving` is the champions' snapshot (registry_serving.py), not a segment.
+        return [name for name in storage.list_dir(self.uri) if name != "_serving"]
 
     def versions(self, segment: str) -> list[dict[str, Any]]:
         """Every committed version of a segment, oldest first."""

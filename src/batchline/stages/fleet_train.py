@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from batchline import fleet, storage
+from batchline import fleet, registry_serving, storage
 from batchline.errors import DataError
 from batchline.params import SEGMENT_COLUMN, SegmentsSpec, TrainParams
 from batchline.registry import Registry
@@ -159,6 +159,8 @@ def run(task: StageTask, params: TrainParams, trainer: Trainer = single.train
         # Alone, this worker's commit is the fleet's; sharded, the launcher merges.
         metrics = fleet.merge_metrics([part]) if task.shard_count == 1 else part
         out.commit(metrics)
+    # A scoring-only run reads the champions from this snapshot.
+    registry_serving.publish(Registry(task.storage_root, pipeline_name(task)), task.run_id)
     return summary(metrics)
 
 

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_cli
 
 from batchline import fleet, storage
 from batchline.client import Client
@@ -125,3 +125,63 @@ def test_fleet_trains_per_segment_routes_scores_and_resumes_only_the_failed(
         storage.open_dataset(resumed.stage("score").outputs["predictions"]).to_table()
         .column("score").to_numpy(), predictions.column("score").to_numpy())
     assert json.loads(json.dumps(train.metrics))  # the manifest keeps plain JSON
+
+
+def _shifted(source: Path, out: Path, hospital: str) -> Path:
+    """The same encounters with one hospital's labels flipped (its data drifted)."""
+    table = pacsv.read_csv(source)
+    label = table.column("readmitted_30d")
+    flip = pc.subtract(pa.scalar(1, pa.int64()), label)
+    moved = pc.if_else(pc.equal(table.column("hospital_id"), hospital), flip, label)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "encounters.csv"
+    pacsv.write_csv(table.set_column(table.schema.get_field_index("readmitted_30d"),
+                                     "readmitted_30d", moved), path)
+    return path
+
+
+def test_a_shifted_hospital_gets_a_new_champion_the_others_stay_and_scoring_needs_no_train(
+        fleet_csv: Path, tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    client = Client(str(root))
+    first = client.run(str(FLEET), sets=_sets(fleet_csv), run_id="first")
+    registry = client.registry("readmission-fleet")
+    before = {s: registry.alias(s) for s in registry.segments()}
+    assert "H007" in before and before["H007"] is not None
+
+    second = client.run(str(FLEET), sets=_sets(_shifted(fleet_csv, tmp_path / "shift", "H007")),
+                        run_id="second")
+    board = {row["segment"]: row for row in _board(second)}
+    decision = board["H007"]["decision"]
+    assert decision["promoted"], decision
+    assert decision["champion_version"] == before["H007"].version  # type: ignore[union-attr]
+    assert decision["challenger"] - decision["champion"] >= 0.002  # scored on the same rows
+    assert registry.alias("H007").run_id == "second"  # type: ignore[union-attr]
+    untouched = [s for s in before if s not in ("H007", fleet.GLOBAL)]
+    assert untouched
+    for segment in untouched:  # the same rows train the same model: nothing moves
+        assert registry.alias(segment) == before[segment]
+        assert board[segment]["decision"]["reason"] == "the same model is the champion already"
+    assert {d["run_id"] for d in registry.decisions("H007")} == {"first", "second"}
+
+    # The registry through the CLI, as a person reads it.
+    listed = json.loads(run_cli("models", "list", "--storage", str(root), "--json").stdout)
+    assert {r["segment"]: r["champion"] for r in listed}["H007"] == decision["version"]
+    shown = run_cli("models", "show", "readmission-fleet", "H007", "--storage", str(root))
+    assert shown.returncode == 0 and "decision of run second: promoted" in shown.stdout
+    back = run_cli("models", "rollback", "readmission-fleet", "H007", "--storage", str(root))
+    assert back.returncode == 0, back.stderr
+    assert registry.alias("H007").version == before["H007"].version  # type: ignore[union-attr]
+    board_cli = run_cli("models", "leaderboard", "second", "--storage", str(root))
+    assert f"{BROKEN}\tfailed" in board_cli.stdout
+
+    # A scoring-only run needs no train: score reads the champions (H007 rolled back).
+    scoring = client.run(str(FLEET), sets=_sets(fleet_csv), stages=["ingest", "features",
+                                                                     "score"], run_id="scoring")
+    assert scoring.stage("train").state.value == "skipped"
+    assert scoring.stage("score").state.value == "succeeded"
+    rows = storage.open_dataset(scoring.stage("score").outputs["predictions"]).to_table()
+    versions = {r["segment"]: r["model_version"] for r in rows.to_pylist()
+                if r["model_segment"] == "H007"}
+    assert set(versions.values()) == {before["H007"].version}  # type: ignore[union-attr]
+    assert first.stage("score").state.value == "succeeded"

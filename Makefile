@@ -6,7 +6,7 @@ ROWS ?= 200000
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo lock test test-fast lint images base-image wheelhouse podman bench bench-images clean
+.PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,16 @@ demo: $(BIN)/batchline  ## generate ROWS rows of demo data and run the pipeline 
 	$(BIN)/batchline demo-data --rows $(ROWS) --out demo-data
 	$(BIN)/batchline run jobs/readmission.yaml --storage batchline-data \
 	  --set stages.ingest.params.source=demo-data/encounters.csv
+
+# 500 hospitals of about 2,000-20,000 rows each (sizes geometric, 1:10): 4M encounters.
+FLEET_HOSPITALS ?= 500
+FLEET_ROWS ?= 4000000
+fleet-demo: $(BIN)/batchline  ## a fleet: FLEET_HOSPITALS hospital models + a global one, gated into the registry (runtime only)
+	$(BIN)/batchline demo-data --hospitals $(FLEET_HOSPITALS) --rows $(FLEET_ROWS) --out demo-fleet
+	$(BIN)/batchline run jobs/readmission_fleet.yaml --storage batchline-data \
+	  --set stages.ingest.params.source=demo-fleet/encounters.csv
+	$(BIN)/batchline models list readmission-fleet --storage batchline-data | tail -5
+	@echo "all champions: $(BIN)/batchline models list readmission-fleet --storage batchline-data"
 
 lock:  ## refresh constraints.txt from a fresh install of .[dev]; review the diff
 	rm -rf build/lock-venv
@@ -73,4 +83,4 @@ bench-images: images  ## image sizes and container start overhead vs local proce
 	$(BIN)/python bench/bench_images.py
 
 clean:  ## remove generated data and build output
-	rm -rf batchline-data demo-data build
+	rm -rf batchline-data demo-data demo-fleet build

@@ -448,7 +448,7 @@ def demo_data(rows: Annotated[int, typer.Option(min=500, help="encounters to wri
               hospitals: Annotated[int | None, typer.Option(
                   min=1, max=999, help="a fleet: this many hospitals (H000, H001, ...) of "
                   "varied size (the largest about 10x the smallest), each with its own effects; "
-                  "e.g. --hospitals 500 --rows 5500000 for 2,000-20,000 rows each")] = None
+                  "e.g. --hospitals 500 --rows 4000000 for about 2,000-20,000 rows each")] = None
               ) -> None:
     """Write synthetic readmission encounters (CSV) with a known best AUC."""
     from batchline.demo_data import generate

@@ -254,7 +254,8 @@ def worker_metrics(board: list[dict[str, Any]], segments: SegmentsSpec) -> dict[
                                 for r in board),
         "segments_failed": len(failed), "failed_parts": failed,
         "segments_fallback": sum(r["status"] == fleet.FALLBACK for r in board),
-        "segments_promoted": sum(bool(r.get("decision", {}).get("promoted")) for r in board),
+        "segments_promoted": sum(bool(r.get("decision", {}).get("promoted"))
+                                 and r["segment"] != fleet.GLOBAL for r in board),
         "max_failed_fraction": segments.max_failed_fraction})
     return metrics
 

@@ -1,0 +1,105 @@
+"""A fleet's pieces on small in-memory data: the segment column, the gate's comparison."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from batchline import fleet
+from batchline.errors import SpecError
+from batchline.params import SEGMENT_COLUMN, FeaturesParams, PromoteSpec, TrainParams
+from batchline.registry import Registry
+from batchline.stages import fleet_gate
+from batchline.stages import train as single
+from batchline.stages.features import connect, feature_reader
+from batchline.stages.matrix import FeatureMap
+
+
+def _features(by: str, order_by: str | None = "id") -> pa.Table:
+    data = pa.table({"id": [4, 3, 2, 1], "site": ["b2", "a1", "b1", None], "x": [1, 2, 3, 4]})
+    params = FeaturesParams(sql="SELECT * FROM input", order_by=order_by,
+                            segments={"by": by})  # type: ignore[arg-type]
+    return feature_reader(connect(params), data, params).read_all()
+
+
+def test_features_add_the_segment_first_and_sort_by_it() -> None:
+    table = _features("site")
+    assert table.column_names[0] == SEGMENT_COLUMN
+    assert table.column(SEGMENT_COLUMN).to_pylist() == ["a1", "b1", "b2", None]
+    assert table.column("id").to_pylist() == [3, 2, 4, 1]
+    by_expression = _features("upper(substr(site, 1, 1))", order_by=None)  # ORDER BY ALL
+    assert by_expression.column(SEGMENT_COLUMN).to_pylist() == ["A", "B", "B", None]
+
+
+def test_a_bad_segment_expression_names_segments_by() -> None:
+    with pytest.raises(SpecError, match="segments.by"):
+        _features("x FROM input; SELECT 1")
+    with pytest.raises(SpecError, match="stages.features.params.sql"):
+        _features("no_such_column")
+
+
+def test_remap_recodes_categories_for_the_champions_vocabulary() -> None:
+    ours = FeatureMap(["n", "c"], {"c": ["a", "b", "c"]})
+    theirs = FeatureMap(["n", "c"], {"c": ["b", "c", "d"]})
+    x = np.array([[1.0, 0], [2.0, 1], [3.0, 2], [4.0, np.nan]], dtype=np.float32)
+    out = fleet_gate.remap(x, ours, theirs)
+    assert out is not None
+    np.testing.assert_array_equal(out[:, 0], x[:, 0])
+    np.testing.assert_array_equal(out[:, 1], [np.nan, 0, 1, np.nan])  # 'a' unseen there
+    assert fleet_gate.remap(x, ours, FeatureMap(["n"], {})) is None
+
+
+def _data(seed: int, flip: bool = False) -> single.TrainingData:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(1200, 2)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * rng.normal(size=1200) > 0).astype(np.float32)
+    if flip:
+        y = 1 - y
+    return single.TrainingData(x, y, 800, 200, FeatureMap(["a", "b"], {}), None, {}, [])
+
+
+def _params(**promote: object) -> TrainParams:
+    return TrainParams(label="y", split={"kind": "random"}, num_boost_round=20,  # type: ignore[arg-type]
+                       min_data_in_leaf=20, num_threads=1, promote=PromoteSpec(**promote))  # type: ignore[arg-type]
+
+
+def _challenge(registry: Registry, data: single.TrainingData, params: TrainParams,
+               run_id: str) -> dict:
+    model = single.train(data, params)
+    card = single.model_card(model, params, run_id)
+    version = registry.register("H1", model.text.encode(), {"card": card})
+    return fleet_gate.decide(registry, "H1", version, single.commit_metrics(model),
+                             fleet_gate.Holdout.of(data), params, run_id)
+
+
+def test_the_gate_compares_on_the_same_rows_and_records_why(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path), "fleet")
+    first = _challenge(registry, _data(1), _params(), "r1")
+    assert first["promoted"] and first["reason"] == "first model of this segment"
+    # The data flipped: the old champion is worse than chance on the new rows.
+    flipped = _challenge(registry, _data(2, flip=True), _params(min_gain=0.01), "r2")
+    assert flipped["promoted"] and flipped["champion_version"] == first["version"]
+    assert flipped["champion"] < 0.5 < flipped["challenger"]
+    assert registry.alias("H1").version == flipped["version"]  # type: ignore[union-attr]
+    # A challenger that is not better by min_gain is refused, and becomes the challenger.
+    refused = _challenge(registry, _data(3, flip=True), _params(min_gain=0.5), "r3")
+    assert not refused["promoted"] and "below promote.min_gain 0.5" in refused["reason"]
+    assert refused["serving"] == flipped["version"]
+    assert registry.alias("H1", "challenger").version == refused["version"]  # type: ignore[union-attr]
+    strict = _challenge(registry, _data(4, flip=True), _params(min_rows=10_000), "r4")
+    assert not strict["promoted"] and "fewer than promote.min_rows 10000" in strict["reason"]
+    assert [d["run_id"] for d in registry.decisions("H1")] == ["r1", "r2", "r3", "r4"]
+
+
+def test_the_first_global_model_is_promoted_even_if_it_misses_a_check(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path), "fleet")
+    data, params = _data(1), _params(min_rows=10_000)
+    model = single.train(data, params)
+    version = registry.register(fleet.GLOBAL, model.text.encode(),
+                                {"card": single.model_card(model, params, "r1")})
+    decision = fleet_gate.decide(registry, fleet.GLOBAL, version, single.commit_metrics(model),
+                                 fleet_gate.Holdout.of(data), params, "r1")
+    assert decision["promoted"] and "the fallback must exist" in decision["reason"]

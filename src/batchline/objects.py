@@ -60,8 +60,19 @@ class _LocalObject(ConditionalObject):
             os.link(tmp, self.path)
         except FileExistsError:
             return False
+        except OSError:  # a filesystem without hard links: an exclusive create instead
+            return self._create_exclusive(data)
         finally:
             os.unlink(tmp)
+        return True
+
+    def _create_exclusive(self, data: bytes) -> bool:
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
         return True
 
     def read(self) -> tuple[bytes, str] | None:

@@ -103,3 +103,46 @@ def test_the_first_global_model_is_promoted_even_if_it_misses_a_check(tmp_path: 
     decision = fleet_gate.decide(registry, fleet.GLOBAL, version, single.commit_metrics(model),
                                  fleet_gate.Holdout.of(data), params, "r1")
     assert decision["promoted"] and "the fallback must exist" in decision["reason"]
+
+
+def test_score_routes_unseen_and_missing_segments_to_the_global_model(tmp_path: Path) -> None:
+    from batchline import storage
+    from batchline.stages import fleet_score
+    from batchline.stages import score as single_score
+
+    params = _params()
+    models = {key: single.train(_data(seed), params) for key, seed in
+              ((fleet.GLOBAL, 1), ("H1", 2))}
+    uri = str(tmp_path / "model")
+    with storage.DatasetWriter(uri, storage.Stamp("r1", "train", "k")) as out:
+        board = []
+        for key, model in models.items():
+            card = single.model_card(model, params, "r1")
+            out.write_file(fleet.model_file(key, "txt"), model.text.encode())
+            out.write_file(fleet.model_file(key, "json"), fleet_json(card))
+            board.append({"segment": key, "value": None if key == fleet.GLOBAL else key,
+                          "status": fleet.OK, "serving_version": card["model_version"]})
+        out.write_file(fleet.LEADERBOARD, fleet_json(board))
+        out.commit()
+    fleet_models = fleet_score.FleetModels(uri)
+    batch = pa.RecordBatch.from_pydict({
+        "id": [1, 2, 3, 4], SEGMENT_COLUMN: ["H1", "H9", None, "H1"],
+        "a": [0.1, 0.2, 0.3, 0.4], "b": [1.0, 1.0, 1.0, 1.0]})
+    glob = fleet_models.fallback
+    schema = fleet_score.prediction_schema([pa.field("id", pa.int64())], glob.card)
+    tally = single_score.Tally()
+    out_rows = pa.Table.from_batches(list(fleet_score.score_batches(
+        [batch], fleet_models, ["id"], schema, "r2", 1, (0, 1), tally))).to_pylist()
+    by_id = {r["id"]: r for r in out_rows}
+    assert tally.rows == 4 and sorted(by_id) == [1, 2, 3, 4]
+    assert [by_id[i]["model_segment"] for i in (1, 2, 3, 4)] == ["H1", fleet.GLOBAL,
+                                                                  fleet.GLOBAL, "H1"]
+    assert by_id[2]["segment"] == "H9" and by_id[3]["segment"] is None
+    assert by_id[1]["model_version"] == models["H1"].sha256[:12]
+    assert fleet_models.loaded == 2
+
+
+def fleet_json(data: object) -> bytes:
+    import json
+
+    return json.dumps(data, sort_keys=True).encode()

@@ -73,8 +73,10 @@ _DEFS = (
              TrainParams, inputs={"features": "features"}, outputs=("model",),
              summary=("auc_valid", "logloss_valid", "calibration_ece", "rmse_valid",
                       "mae_valid", "r2_valid", "multi_logloss_valid", "accuracy_valid",
-                      "best_iteration", "model_version"),
-             extras=("model",), verify_on_reuse=True),
+                      "best_iteration", "model_version", "search_candidates",
+                      "search_stopped_by", "search_gain_valid"),
+             # search: Optuna, imported only when a spec has a `search:` section
+             extras=("model", "search"), verify_on_reuse=True),
     StageDef("score", "the model's predictions for the population, in bounded batches",
              ScoreParams, inputs={"features": "features", "model": "model"},
              outputs=("predictions",), shardable=True,

@@ -1,0 +1,216 @@
+"""The train stage's hyperparameter search: slices, determinism, budget, leaderboard."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+from conftest import SPEC, run_cli
+from test_launcher import InProcessBackend
+
+from batchline import storage
+from batchline.errors import SpecError
+from batchline.launcher import Launcher
+from batchline.params import TimeSplit, TrainParams
+from batchline.spec import load_spec, parse_set
+from batchline.stages import linear_baseline, split
+from batchline.stages.search import fleet_leaderboard
+from batchline.stages.train import load_training_data, train
+
+
+def _table(n: int = 3000, seed: int = 1) -> pa.Table:
+    """Labels from a non-linear truth over two numbers and a category, dated by `day`."""
+    rng = np.random.default_rng(seed)
+    x1, x2 = rng.normal(size=n), rng.normal(size=n)
+    cat = rng.choice(["a", "b", "c", "d"], n)
+    logit = 1.2 * x1 - 0.8 * x2**2 + np.where(cat == "a", 1.0, 0.0)
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
+    return pa.table({"day": np.arange(n) // 10, "x1": x1, "x2": x2, "cat": cat, "y": y,
+                     "amount": 3 * x1 + x2 + rng.normal(size=n)})
+
+
+def _params(**search: object) -> TrainParams:
+    # one thread: the machine is shared, and a tiny matrix gains nothing from two
+    return TrainParams(label="y", time_column="day", exclude=["amount"], num_boost_round=150,
+                       num_threads=1, search={"max_trials": 4, "budget_seconds": 600, **search})
+
+
+def test_the_selection_slice_is_carved_from_the_fitting_rows_like_the_split() -> None:
+    keys = np.arange(1000, dtype=np.float64)
+    roles = split.assign_roles(TimeSplit(column="t", fraction=0.2), keys, 0.1, 7,
+                               selection_fraction=0.25)
+    by_role = {r: keys[roles.roles == r] for r in (split.FIT, split.SELECTION,
+                                                   split.EARLY_STOPPING, split.VALID)}
+    # time order: fit < selection < early stopping < validation, none empty
+    assert by_role[split.FIT].max() < by_role[split.SELECTION].min()
+    assert by_role[split.SELECTION].max() < by_role[split.EARLY_STOPPING].min()
+    assert by_role[split.EARLY_STOPPING].max() < by_role[split.VALID].min()
+    assert roles.report["fractions"] == {"fit": 0.54, "early_stopping": 0.08, "valid": 0.2,
+                                         "selection": 0.18}
+    plain = split.assign_roles(TimeSplit(column="t", fraction=0.2), keys, 0.1, 7)
+    assert "selection" not in plain.report["fractions"] and split.SELECTION not in plain.roles
+    # the validation and early-stopping rows are the same with or without a search
+    assert np.array_equal(plain.roles == split.VALID, roles.roles == split.VALID)
+    assert np.array_equal(plain.roles == split.EARLY_STOPPING,
+                          roles.roles == split.EARLY_STOPPING)
+
+
+def test_search_matrix_keeps_validation_rows_and_orders_selection_after_fit() -> None:
+    table = _table()
+    plain = load_training_data(ds.dataset(table), TrainParams(label="y", time_column="day",
+                                                              exclude=["amount"]))
+    data = load_training_data(ds.dataset(table), _params())
+    assert plain.n_select == 0 and data.n_select > 0
+    assert data.n_fit == plain.n_fit and data.n_stop == plain.n_stop
+    assert np.array_equal(data.valid[0], plain.valid[0])  # validation rows untouched
+    # the selection rows are the most recent of the fitting rows: find each matrix row's
+    # day back in the table by its x1 value (float32 in the matrix, distinct per row)
+    days, x1 = table["day"].to_numpy(), table["x1"].to_numpy().astype(np.float32)
+    fit_days = days[np.isin(x1, data.x[:data.n_fit - data.n_select, 0])]
+    sel_days = days[np.isin(x1, data.x[data.n_fit - data.n_select:data.n_fit, 0])]
+    assert len(sel_days) == data.n_select and len(fit_days) == data.n_fit - data.n_select
+    assert fit_days.max() <= sel_days.min()
+
+
+def test_same_seed_and_trials_give_the_same_winner_and_model_bytes() -> None:
+    table = _table()
+    first = train(load_training_data(ds.dataset(table), _params()), _params())
+    second = train(load_training_data(ds.dataset(table), _params()), _params())
+    assert first.text == second.text
+    def chosen(model: object) -> dict[str, object]:  # all but the time it took
+        winner = model.metrics["search"]["winner"]  # type: ignore[attr-defined]
+        return {k: v for k, v in winner.items() if k != "seconds"}
+
+    assert chosen(first) == chosen(second)
+    assert first.metrics["search"]["stopped_by"] == "max_trials"
+    other = train(load_training_data(ds.dataset(table), _params(seed=99)), _params(seed=99))
+    assert other.metrics["search"]["leaderboard_top"] != first.metrics["search"][
+        "leaderboard_top"]
+
+
+def test_leaderboard_lists_every_candidate_and_the_winner_is_the_best_tree() -> None:
+    model = train(load_training_data(ds.dataset(_table()), _params(max_trials=5)),
+                  _params(max_trials=5))
+    board, found = model.leaderboard, model.metrics["search"]
+    assert board is not None and found["metric"] == "auc"
+    rows = board["candidates"]
+    assert len(rows) == 6  # the spec's params, 4 sampled, the linear baseline
+    assert [r["rank"] for r in rows] == list(range(1, 7))
+    assert sorted(r["trial"] for r in rows) == [-1, 0, 1, 2, 3, 4]
+    metrics = [r["metric"] for r in rows]
+    assert metrics == sorted(metrics, reverse=True)  # auc: higher first
+    trees = [r for r in rows if r["kind"] == "lightgbm"]
+    assert found["winner"]["trial"] == trees[0]["trial"]
+    assert all(r["seconds"] >= 0 and r["rounds"] >= 1 for r in trees)
+    linear = next(r for r in rows if r["kind"] == "linear")
+    assert 0.6 < linear["metric"] < 1 and found["linear_baseline_selection"] == linear["metric"]
+    # the model reported is the refit winner; its validation AUC is the card's
+    assert found["winner_valid"] == pytest.approx(model.metrics["auc_valid"], abs=1e-4)
+    assert found["gain_valid"] == pytest.approx(found["winner_valid"]
+                                                - found["spec_params_valid"], abs=1e-5)
+    assert found["rows"]["selection"] > 0 and found["rows"]["valid"] == model.metrics[
+        "rows_valid"]
+
+
+def test_a_tiny_budget_stops_the_search_and_says_so() -> None:
+    params = _params(max_trials=50, budget_seconds=0.001)
+    model = train(load_training_data(ds.dataset(_table()), params), params)
+    found = model.metrics["search"]
+    assert found["stopped_by"] == "budget_seconds" and found["candidates"] < 50
+    assert found["winner"]["trial"] == 0  # the spec's params are always tried first
+
+
+def test_regression_search_minimises_its_metric() -> None:
+    params = TrainParams(label="amount", time_column="day", objective="regression",
+                         exclude=["y"], num_boost_round=150, num_threads=1,
+                         search={"max_trials": 3, "metric": "mae", "linear_baseline": True})
+    model = train(load_training_data(ds.dataset(_table()), params), params)
+    assert model.leaderboard is not None
+    metrics = [r["metric"] for r in model.leaderboard["candidates"]]
+    assert metrics == sorted(metrics) and model.leaderboard["direction"] == "minimize"
+    # the truth is linear here: the ridge baseline is near the noise level (mae ~0.8)
+    linear = next(r for r in model.leaderboard["candidates"] if r["kind"] == "linear")
+    assert linear["metric"] < 0.9
+
+
+def test_logistic_baseline_matches_scikit_learn() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2000, 3)).astype(np.float32)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-(x @ np.array([1.0, -2.0, 0.5]) + 0.3))))
+    enc = linear_baseline.fit_encoding(x, [])
+    w = linear_baseline.fit_logistic(linear_baseline.encode(enc, x), y.astype(float))
+    z = (x - enc.means) / enc.scales
+    # scikit-learn's C is the inverse of the L2 weight; neither shrinks the intercept
+    ref = LogisticRegression(C=1 / linear_baseline.L2, tol=1e-10, max_iter=1000).fit(z, y)
+    assert np.allclose(w[1:], ref.coef_[0], atol=1e-4)
+    assert w[0] == pytest.approx(ref.intercept_[0], abs=1e-4)
+
+
+def test_linear_encoding_one_hots_categories_and_flags_missing_numbers() -> None:
+    x = np.array([[0.0, 1.0], [1.0, np.nan], [2.0, 3.0], [0.0, 5.0]], dtype=np.float32)
+    enc = linear_baseline.fit_encoding(x, [0])
+    z = linear_baseline.encode(enc, x)
+    assert z.shape == (4, 1 + 1 + 1 + 3) and enc.width == 6
+    assert z[1, 2] == 1.0 and z[0, 2] == 0.0  # missing indicator of column 1
+    assert z[1, 1] == 0.0  # the missing value is imputed at the mean, standardised to 0
+    assert z[:, 3:].sum(axis=1).tolist() == [1.0, 1.0, 1.0, 1.0]
+    unseen = linear_baseline.encode(enc, np.array([[7.0, 1.0]], dtype=np.float32))
+    assert unseen[0, 3:].sum() == 0.0
+
+
+def test_search_spec_errors_name_the_field() -> None:
+    with pytest.raises(SpecError, match=r"search\.metric: 'rmse' does not fit objective binary"
+                                        r"; use one of auc, logloss"):
+        load_spec(SPEC, parse_set(["stages.train.params.search={metric: rmse}"]))
+    with pytest.raises(SpecError, match=r"stages\.train\.params\.search\.budget_secs"):
+        load_spec(SPEC, parse_set(["stages.train.params.search={budget_secs: 10}"]))
+    with pytest.raises(SpecError, match=r"stages\.train\.params\.search\.max_trials"):
+        load_spec(SPEC, parse_set(["stages.train.params.search={max_trials: 0}"]))
+    spec = load_spec(SPEC, parse_set(["stages.train.params.search={max_trials: 3}"]))
+    assert spec.params("train").search_metric == "auc"  # type: ignore[attr-defined]
+
+
+def test_cli_refuses_a_bad_search_with_exit_2(tmp_path: Path) -> None:
+    result = run_cli("validate", str(SPEC), "--set",
+                     "stages.train.params.search={metric: accuracy}")
+    assert result.returncode == 2
+    assert "search.metric" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fleet_leaderboard_lists_each_segment_with_its_winner() -> None:
+    model = train(load_training_data(ds.dataset(_table()), _params(max_trials=2)),
+                  _params(max_trials=2))
+    rows = fleet_leaderboard({"H002": model.metrics["search"], "H001": {}})
+    assert [r["segment"] for r in rows] == ["H001", "H002"]
+    assert rows[0]["search"] is None
+    assert rows[1]["winner_trial"] == model.metrics["search"]["winner"]["trial"]
+    assert not math.isnan(rows[1]["winner_valid"])
+
+
+@pytest.mark.slow
+def test_pipeline_with_search_commits_the_leaderboard_and_scores(demo_csv: Path,
+                                                                 tmp_path: Path) -> None:
+    spec = load_spec(SPEC, {"stages.ingest.params.source": str(demo_csv),
+                            "stages.train.params.num_threads": 1,
+                            "stages.train.params.search": {"max_trials": 3}})
+    manifest = Launcher(spec, str(tmp_path), InProcessBackend(), "s1").run()
+    uri = str(tmp_path / "runs" / "s1" / "train" / "model")
+    record = storage.committed(uri)
+    assert record.metrics["search_candidates"] == 3
+    assert record.metrics["search_stopped_by"] == "max_trials"
+    names = {f.path.rsplit("/", 1)[-1]: f.path for f in record.files}
+    board = json.loads(storage.read_bytes(storage.join(uri, names["leaderboard.json"])))
+    assert len(board["candidates"]) == 4
+    card = json.loads(storage.read_bytes(storage.join(uri, names["model.json"])))
+    best = next(c for c in board["candidates"] if c["kind"] == "lightgbm")
+    assert card["metrics"]["search"]["winner"] == {k: v for k, v in best.items() if k != "rank"}
+    assert manifest.stage("train").metrics["search_candidates"] == 3
+    predictions = storage.open_dataset(str(tmp_path / "runs" / "s1" / "score" / "predictions"))
+    assert predictions.count_rows() > 0

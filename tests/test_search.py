@@ -18,9 +18,9 @@ from batchline.errors import SpecError
 from batchline.launcher import Launcher
 from batchline.params import TimeSplit, TrainParams
 from batchline.spec import load_spec, parse_set
-from batchline.stages import linear_baseline, split
+from batchline.stages import linear_baseline, score, split
 from batchline.stages.search import fleet_leaderboard
-from batchline.stages.train import load_training_data, train
+from batchline.stages.train import load_training_data, model_card, train
 
 
 def _table(n: int = 3000, seed: int = 1) -> pa.Table:
@@ -105,7 +105,8 @@ def test_leaderboard_lists_every_candidate_and_the_winner_is_the_best_tree() -> 
     metrics = [r["metric"] for r in rows]
     assert metrics == sorted(metrics, reverse=True)  # auc: higher first
     trees = [r for r in rows if r["kind"] == "lightgbm"]
-    assert found["winner"]["trial"] == trees[0]["trial"]
+    assert found["winner"]["trial"] == rows[0]["trial"]  # the best on the selection slice
+    assert model.kind == found["winner"]["kind"]
     assert all(r["seconds"] >= 0 and r["rounds"] >= 1 for r in trees)
     linear = next(r for r in rows if r["kind"] == "linear")
     assert 0.6 < linear["metric"] < 1 and found["linear_baseline_selection"] == linear["metric"]
@@ -118,11 +119,13 @@ def test_leaderboard_lists_every_candidate_and_the_winner_is_the_best_tree() -> 
 
 
 def test_a_tiny_budget_stops_the_search_and_says_so() -> None:
-    params = _params(max_trials=50, budget_seconds=0.001)
+    params = _params(max_trials=50, budget_seconds=0.001, linear_baseline=False)
     model = train(load_training_data(ds.dataset(_table()), params), params)
     found = model.metrics["search"]
-    assert found["stopped_by"] == "budget_seconds" and found["candidates"] < 50
-    assert found["winner"]["trial"] == 0  # the spec's params are always tried first
+    assert found["stopped_by"] == "budget_seconds" and found["candidates"] == 1
+    # the spec's params are always tried first; the budget cut them short
+    assert found["winner"]["trial"] == 0 and "cut by budget_seconds" in found["winner"]["note"]
+    assert model.leaderboard is not None and len(model.leaderboard["candidates"]) == 1
 
 
 def test_regression_search_minimises_its_metric() -> None:
@@ -136,6 +139,34 @@ def test_regression_search_minimises_its_metric() -> None:
     # the truth is linear here: the ridge baseline is near the noise level (mae ~0.8)
     linear = next(r for r in model.leaderboard["candidates"] if r["kind"] == "linear")
     assert linear["metric"] < 0.9
+
+
+def test_a_linear_winner_is_saved_as_json_text_and_scored_like_a_booster() -> None:
+    # the truth of `amount` is linear plus noise: the ridge model beats a few trees
+    params = TrainParams(label="amount", time_column="day", objective="regression",
+                         exclude=["y"], num_boost_round=100, num_threads=1,
+                         search={"max_trials": 2})
+    data = load_training_data(ds.dataset(_table()), params)
+    model = train(data, params)
+    assert model.kind == "linear" and model.metrics["search"]["winner"]["kind"] == "linear"
+    assert model_card(model, params, "r")["model_kind"] == "linear"
+    assert "importance_weight_top" in model.metrics and model.metrics["best_iteration"] == 0
+    assert model.metrics["importance_weight_top"][0][0] == "x1"  # amount = 3 x1 + x2 + noise
+    loaded = linear_baseline.LinearModel.from_json(model.text)
+    x_valid, y_valid = data.valid
+    assert np.array_equal(loaded.predict(x_valid), linear_baseline.LinearModel.from_json(
+        loaded.to_json()).predict(x_valid))
+    assert model.metrics["rmse_valid"] == round(float(np.sqrt(np.mean(
+        (loaded.predict(x_valid) - y_valid) ** 2))), 5)
+    # score's own batch loop takes it where it takes a booster
+    batch = _table().to_batches()[0]
+    card = {"objective": "regression"}
+    schema = score.prediction_schema([pa.field("day", pa.int64())], card)
+    out = next(score.score_batches([batch], loaded, data.feature_map, ["day"], schema, "v",
+                                   "r", 1, card=card))
+    assert out.num_rows == batch.num_rows
+    assert np.allclose(out.column("prediction").to_numpy(),
+                       loaded.predict(data.feature_map.matrix(batch)))
 
 
 def test_logistic_baseline_matches_scikit_learn() -> None:

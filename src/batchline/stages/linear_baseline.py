@@ -1,11 +1,11 @@
 """A regularised linear model over the training matrix: the search's yardstick.
 
 A boosted model that cannot beat a linear one on the same rows is a warning
-sign (leakage in the linear part, or too little data for trees), so the
-search lists one on its leaderboard. It is a leaderboard entry only: score
-serves LightGBM text models, and a linear winner would need a second model
-format there, so the search never picks it; when it beats every LightGBM
-candidate, the search says so in its warnings.
+sign (leakage, or too few rows for trees: a small hospital's segment), so
+the search always tries one. When it wins on the selection slice it is the
+model: saved as JSON text in `model.txt` (never pickle; the card says
+`model_kind: linear`), and score loads it through `LinearModel.from_json`
+with the same `predict(matrix)` call as a LightGBM booster.
 
 Numpy only (the model extra has no scikit-learn): numeric columns are
 mean-imputed (plus a missing indicator) and standardised on the fitting
@@ -16,9 +16,13 @@ regression in closed form; both penalise every weight but the intercept.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+FORMAT = "batchline-linear/1"
 
 MAX_LEVELS = 50  # one-hot columns per categorical; rarer levels share the zero vector
 MAX_ROWS = 200_000  # a baseline: a seeded sample keeps its memory and time small
@@ -97,21 +101,73 @@ def fit_ridge(z: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.linalg.solve(z.T @ z + _penalty(z.shape[1]) + 1e-9 * np.eye(z.shape[1]), z.T @ y)
 
 
-def fit_predict(objective: str, x_fit: np.ndarray, y_fit: np.ndarray, x_eval: np.ndarray,
-                categorical: list[int], seed: int) -> tuple[np.ndarray, dict[str, int | float]]:
-    """Fit on (x_fit, y_fit); predictions for x_eval (probabilities for binary) and a note."""
+@dataclass(frozen=True)
+class LinearModel:
+    """Weights over an encoding of the matrix; predicts like a LightGBM booster does."""
+
+    objective: str
+    encoding: Encoding
+    weights: np.ndarray
+
+    def predict(self, x: Any, **_: Any) -> np.ndarray:
+        """Probabilities of class 1 (binary) or values (regression) for matrix rows `x`."""
+        raw = encode(self.encoding, x) @ self.weights
+        if self.objective == "binary":
+            return np.asarray(1.0 / (1.0 + np.exp(-np.clip(raw, -35, 35))))
+        return np.asarray(raw)
+
+    def importance(self, n_features: int) -> list[float]:
+        """Per matrix column, the largest absolute weight among its inputs (standardised)."""
+        out = [0.0] * n_features
+        w, at, enc = np.abs(self.weights), 1, self.encoding
+        for k, j in enumerate(enc.numeric):
+            out[j] = float(w[at + k])
+        at += len(enc.numeric)
+        for k in enc.with_missing:
+            out[enc.numeric[k]] = max(out[enc.numeric[k]], float(w[at]))
+            at += 1
+        for j, values in enc.levels.items():
+            out[j] = float(w[at:at + len(values)].max()) if len(values) else 0.0
+            at += len(values)
+        return out
+
+    def to_json(self) -> str:
+        """The model as JSON text (floats written exactly), for model.txt."""
+        enc = self.encoding
+        return json.dumps({
+            "format": FORMAT, "objective": self.objective, "numeric": enc.numeric,
+            "means": enc.means.tolist(), "scales": enc.scales.tolist(),
+            "with_missing": enc.with_missing,
+            "levels": [[j, v.tolist()] for j, v in enc.levels.items()],
+            "weights": self.weights.tolist()}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> LinearModel:
+        """Read a model written by `to_json`."""
+        data = json.loads(text)
+        if data.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} model")
+        enc = Encoding(data["numeric"], np.array(data["means"], dtype=np.float64),
+                       np.array(data["scales"], dtype=np.float64), data["with_missing"],
+                       {int(j): np.array(v, dtype=np.float64) for j, v in data["levels"]})
+        return cls(data["objective"], enc, np.array(data["weights"], dtype=np.float64))
+
+
+def fit(objective: str, x_fit: np.ndarray, y_fit: np.ndarray, categorical: list[int],
+        seed: int) -> LinearModel:
+    """Fit on (x_fit, y_fit): logistic regression (binary) or ridge (regression)."""
     if objective not in ("binary", "regression"):
-        raise ValueError(f"no linear baseline for objective {objective}")
+        raise ValueError(f"no linear model for objective {objective}")
     if len(x_fit) > MAX_ROWS:
         rows = np.sort(np.random.default_rng(seed).choice(len(x_fit), MAX_ROWS, replace=False))
         x_fit, y_fit = x_fit[rows], y_fit[rows]
     enc = fit_encoding(x_fit, categorical)
     z = encode(enc, x_fit)
     y = y_fit.astype(np.float64)
-    if objective == "binary":
-        w = fit_logistic(z, y)
-        pred = 1.0 / (1.0 + np.exp(-np.clip(encode(enc, x_eval) @ w, -35, 35)))
-    else:
-        w = fit_ridge(z, y)
-        pred = encode(enc, x_eval) @ w
-    return pred, {"l2": L2, "inputs": int(enc.width), "rows": len(x_fit)}
+    weights = fit_logistic(z, y) if objective == "binary" else fit_ridge(z, y)
+    return LinearModel(objective, enc, weights)
+
+
+def description(model: LinearModel, rows: int) -> dict[str, Any]:
+    """What the leaderboard says of a linear candidate."""
+    return {"l2": L2, "inputs": int(model.encoding.width), "rows": min(rows, MAX_ROWS)}

@@ -79,6 +79,7 @@ class TrainedModel:
     feature_map: FeatureMap
     metrics: dict[str, Any]
     leaderboard: dict[str, Any] | None = None  # every candidate of a search, when there was one
+    kind: str = "lightgbm"  # or "linear" (a search's linear winner, JSON text)
 
     @property
     def sha256(self) -> str:
@@ -283,40 +284,57 @@ def validation_metrics(objective: str, y: np.ndarray, pred: np.ndarray, y_fit: n
 def train(data: TrainingData, params: TrainParams) -> TrainedModel:
     """Fit LightGBM for the objective, stopping early on its own slice; measure on validation.
 
-    With `params.search`, the model is the search's winner (stages/search.py)
-    and the model carries its leaderboard.
+    With `params.search`, the model is the search's winner (stages/search.py):
+    a LightGBM booster, or a linear model saved as JSON text; the model
+    carries the search's leaderboard.
     """
     if params.search is None:
         return _measured(_fit(data, params), data, params)
+    from batchline.stages.linear_baseline import LinearModel
     from batchline.stages.search import run_search  # Optuna only when a spec asks for it
 
     found = run_search(data, params, booster_params(params, data.classes))
-    model = _measured(found.booster, data, params)
+    if isinstance(found.booster, LinearModel):
+        x_valid = data.valid[0]
+        linear = found.booster
+        model = _described(data, params, linear.predict(x_valid), 0, linear.to_json(),
+                           ("importance_weight_top",
+                            linear.importance(len(data.feature_map.features)), 3), "linear")
+    else:
+        model = _measured(found.booster, data, params)
     model.metrics["search"] = found.summary
     model.metrics["warnings"] = [*model.metrics["warnings"], *found.warnings]
-    return TrainedModel(model.text, model.feature_map, model.metrics, found.leaderboard)
+    return TrainedModel(model.text, model.feature_map, model.metrics, found.leaderboard,
+                        model.kind)
 
 
 def _measured(booster: lgb.Booster, data: TrainingData, params: TrainParams) -> TrainedModel:
     best = int(booster.best_iteration) or booster.current_iteration()
-    x_valid, y_valid = data.valid
-    pred = np.asarray(booster.predict(x_valid, num_iteration=best))
-    gains = booster.feature_importance("gain", iteration=best)
-    top = sorted(zip(data.feature_map.features, gains.tolist(), strict=True),
-                 key=lambda t: -t[1])[:10]
+    pred = np.asarray(booster.predict(data.valid[0], num_iteration=best))
+    gains = booster.feature_importance("gain", iteration=best).tolist()
+    return _described(data, params, pred, best, booster.model_to_string(num_iteration=best),
+                      ("importance_gain_top", gains, 1))
+
+
+def _described(data: TrainingData, params: TrainParams, pred: np.ndarray, best: int,
+               text: str, importance: tuple[str, list[float], int],
+               kind: str = "lightgbm") -> TrainedModel:
+    """The model with its validation metrics (pred: its predictions for the valid rows)."""
+    y_valid = data.valid[1]
+    key, values, digits = importance
+    top = sorted(zip(data.feature_map.features, values, strict=True), key=lambda t: -t[1])[:10]
     metrics = {
         "objective": params.objective,
         **validation_metrics(params.objective, y_valid, pred, data.y[:data.n_fit], params),
         "best_iteration": best,
         "rows_fit": data.n_fit, "rows_early_stopping": data.n_stop, "rows_valid": len(y_valid),
         "split": data.split,
-        "importance_gain_top": [[n, round(g, 1)] for n, g in top],
+        key: [[n, round(g, digits)] for n, g in top],
         "warnings": list(data.warnings),
     }
     if data.classes is not None:
         metrics["classes"] = data.classes
-    text = booster.model_to_string(num_iteration=best)
-    return TrainedModel(text, data.feature_map, metrics)
+    return TrainedModel(text, data.feature_map, metrics, kind=kind)
 
 
 def model_card(model: TrainedModel, params: TrainParams, run_id: str) -> dict[str, Any]:
@@ -325,7 +343,9 @@ def model_card(model: TrainedModel, params: TrainParams, run_id: str) -> dict[st
             "classes": model.metrics.get("classes"),
             "feature_map": json.loads(model.feature_map.to_json()),
             "model_sha256": model.sha256, "model_version": model.sha256[:12],
-            "lightgbm": lgb.__version__, "metrics": model.metrics, "trained_in_run": run_id}
+            "lightgbm": lgb.__version__, "metrics": model.metrics, "trained_in_run": run_id,
+            # only a search's linear winner says so: LightGBM cards stay as they were
+            **({"model_kind": model.kind} if model.kind != "lightgbm" else {})}
 
 
 def summary(model: TrainedModel) -> dict[str, Any]:

@@ -35,12 +35,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from batchline import storage
+from batchline import cpu, storage
 from batchline.metrics import auc
 from batchline.params import TrainParams
 from batchline.spec import load_spec
-from batchline.stages import split as splits
-from batchline.stages.train import load_training_data, split_rows, train
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -72,18 +70,25 @@ def train_params(budget: float) -> TrainParams:
 
 def valid_mask(table: pa.Table, params: TrainParams) -> np.ndarray:
     """Which labelled rows are validation rows under the spec's split (as train sees them)."""
+    from batchline.stages import split as splits
+    from batchline.stages.train import split_rows
+
     roles = split_rows(params.model_copy(update={"search": None}),
                        table[params.effective_split.column], table.num_rows)  # type: ignore[union-attr]
     return roles.roles == splits.VALID
 
 
 def run_batchline(table: pa.Table, params: TrainParams) -> dict[str, Any]:
+    # imported here: LightGBM must load after cpu.apply() set OpenMP's wait policy
+    from batchline.stages.train import load_training_data, train
+
     data = load_training_data(ds.dataset(table), params)
     started = time.monotonic()
     model = train(data, params)
     seconds = time.monotonic() - started
     found = model.metrics["search"]
     return {"auc": model.metrics["auc_valid"], "seconds": round(seconds, 1),
+            "winner": f"{found['winner']['kind']} #{found['winner']['trial']}",
             "candidates": found["candidates"], "stopped_by": found["stopped_by"],
             "spec_params_auc": found["spec_params_valid"],
             "linear_selection_auc": found["linear_baseline_selection"],
@@ -136,6 +141,9 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results.md")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    # As the stage entrypoint does: a CPU budget and OpenMP threads that wait
+    # passively, so LightGBM does not collapse on a busy machine (see cpu.py).
+    cpu.apply(str(THREADS))
     table, generator = features(args.rows, args.out)
     import h2o
 
@@ -178,7 +186,7 @@ def write(args: argparse.Namespace, rows: list[Any], generator: dict[str, Any],
         f"on all labelled rows, {generator.get('best_auc_recent')} on the most recent fifth "
         "(about the validation rows of the all-hospitals model).", "",
         "| model | labelled rows | valid rows | budget s | load | batchline AUC | H2O AUC | "
-        "spec params AUC | batchline s | H2O s | candidates (stopped by) | H2O models "
+        "spec params AUC | batchline s | H2O s | candidates (stopped by), winner | H2O models "
         "(leader) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for name, n, budget, load, ours, theirs in rows:
@@ -186,7 +194,7 @@ def write(args: argparse.Namespace, rows: list[Any], generator: dict[str, Any],
             f"| {name} | {n:,} | {ours['rows_valid']:,} | {budget:g} | {load:.1f} | "
             f"{ours['auc']:.4f} | {theirs['auc']:.4f} | {ours['spec_params_auc']:.4f} | "
             f"{ours['seconds']} | {theirs['seconds']} (+{theirs['upload_seconds']} upload) | "
-            f"{ours['candidates']} ({ours['stopped_by']}) | {theirs['models']} "
+            f"{ours['candidates']} ({ours['stopped_by']}), {ours['winner']} | {theirs['models']} "
             f"({theirs['leader']}) |")
     text = "\n".join(lines) + "\n"
     print(text)

@@ -87,6 +87,11 @@ def test_same_seed_and_trials_give_the_same_winner_and_model_bytes() -> None:
         return {k: v for k, v in winner.items() if k != "seconds"}
 
     assert chosen(first) == chosen(second)
+    # every sampled candidate, not only the winner, is the same (but for its time)
+    assert first.leaderboard is not None and second.leaderboard is not None
+    assert [{k: v for k, v in c.items() if k != "seconds"} for c in first.leaderboard[
+        "candidates"]] == [{k: v for k, v in c.items() if k != "seconds"}
+                           for c in second.leaderboard["candidates"]]
     assert first.metrics["search"]["stopped_by"] == "max_trials"
     other = train(load_training_data(ds.dataset(table), _params(seed=99)), _params(seed=99))
     assert other.metrics["search"]["leaderboard_top"] != first.metrics["search"][
@@ -126,6 +131,8 @@ def test_a_tiny_budget_stops_the_search_and_says_so() -> None:
     # the spec's params are always tried first; the budget cut them short
     assert found["winner"]["trial"] == 0 and "cut by budget_seconds" in found["winner"]["note"]
     assert model.leaderboard is not None and len(model.leaderboard["candidates"]) == 1
+    # when the spec's params win, the model is the one train fits without a search
+    assert found["gain_valid"] == 0 and found["winner_valid"] == found["spec_params_valid"]
 
 
 def test_regression_search_minimises_its_metric() -> None:

@@ -184,7 +184,8 @@ class SearchParams(_Params):
     """
 
     budget_seconds: float = Field(300.0, gt=0.0, le=7 * 24 * 3600.0,
-                                  description="wall-time budget of the trials (seconds)")
+                                  description="wall-time budget of the whole search, its "
+                                  "final fits included (seconds)")
     max_trials: int = Field(30, ge=1, le=10_000,
                             description="LightGBM candidates tried, the spec's own params first")
     metric: Literal["auc", "logloss", "rmse", "mae", "r2", "multi_logloss", "accuracy"] | None = \

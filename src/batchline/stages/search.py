@@ -6,8 +6,8 @@ fitting rows): candidates fit on the rest, stop early on the early-stopping
 slice and are ranked on the selection slice. The validation rows are touched
 by no candidate and by no choice, so the metrics the model card reports stay
 honest. The winner is refit on fitting + selection rows (the rows the
-stage's model would have seen without a search) and compared with the spec's
-own params refit the same way.
+stage's model would have seen without a search) and compared on validation
+with the model the stage trains without a search (the spec's params).
 
 Candidates: the spec's own params first, then Optuna's TPE sampler (seeded)
 over num_leaves, learning_rate, min_data_in_leaf, feature_fraction, bagging,
@@ -38,10 +38,11 @@ from batchline.stages import linear_baseline
 from batchline.stages.lgb_params import canonical_names
 from batchline.stages.linear_baseline import LinearModel
 
+# _fit: the stage's own fit of the spec's params, the model a search must beat
+from batchline.stages.train import TrainingData, _fit
+
 if TYPE_CHECKING:
     import optuna
-
-    from batchline.stages.train import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,13 @@ class Candidate:
     seconds: float
     rounds: int | None = None
     note: str = ""
+    se: float = math.nan  # the metric's standard error on the selection slice
 
     def row(self, rank: int | None = None) -> dict[str, Any]:
         """The candidate as a leaderboard row (JSON-ready)."""
         out = {k: v for k, v in asdict(self).items() if v not in ("", None)}
         out["metric"] = _round(self.metric)
+        out["se"] = _round(self.se)
         out["seconds"] = round(self.seconds, 3)
         return out if rank is None else {"rank": rank, **out}
 
@@ -96,6 +99,44 @@ def _round(value: float) -> float | None:
 def metric_value(metric: str, y: np.ndarray, pred: np.ndarray) -> float:
     """`metric` of predictions `pred` for labels `y` (NaN where it is undefined)."""
     return float(METRIC_FUNCTIONS[metric](y, pred))
+
+
+def standard_error(metric: str, y: np.ndarray, pred: np.ndarray, value: float) -> float:
+    """The standard error of `metric` (= `value`) on these rows: how much of a lead is noise.
+
+    AUC by Hanley and McNeil (1982); the mean-loss metrics as the standard
+    error of a mean of per-row losses (rmse and r2 through the squared error).
+    """
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
+    if n < 2 or math.isnan(value):
+        return math.nan
+    if metric == "auc":
+        n1 = float(y.sum())
+        n0 = n - n1
+        q1, q2 = value / (2 - value), 2 * value**2 / (1 + value)
+        var = (value * (1 - value) + (n1 - 1) * (q1 - value**2)
+               + (n0 - 1) * (q2 - value**2)) / (n1 * n0)
+        return math.sqrt(max(var, 0.0))
+    pred = np.asarray(pred, dtype=np.float64)
+    if metric == "logloss":
+        p = np.clip(pred, 1e-12, 1 - 1e-12)
+        rows = -(y * np.log(p) + (1 - y) * np.log(1 - p))
+    elif metric == "multi_logloss":
+        rows = -np.log(np.clip(pred[np.arange(n), y.astype(np.int64)], 1e-12, 1.0))
+    elif metric == "accuracy":
+        rows = (np.argmax(pred, axis=1) == y).astype(np.float64)
+    elif metric == "mae":
+        rows = np.abs(pred - y)
+    else:  # rmse, r2: through the mean squared error
+        rows = (pred - y) ** 2
+    se = float(rows.std(ddof=1) / math.sqrt(n))
+    if metric == "rmse":
+        return se / (2 * value) if value > 0 else math.nan
+    if metric == "r2":
+        spread = float(y.var())
+        return se / spread if spread > 0 else math.nan
+    return se
 
 
 def better(metric: str, a: float, b: float) -> bool:
@@ -190,10 +231,10 @@ class _Fitter:
         rounds = int(booster.best_iteration) or booster.current_iteration()
         pred = np.asarray(booster.predict(self.selection[0], num_iteration=rounds))
         cut = deadline is not None and time.monotonic() > deadline
-        return Candidate(trial, "lightgbm", extra, metric_value(metric, self.selection[1], pred),
-                         time.monotonic() - started, rounds,
+        value = metric_value(metric, self.selection[1], pred)
+        return Candidate(trial, "lightgbm", extra, value, time.monotonic() - started, rounds,
                          "; ".join(n for n in (note, "cut by budget_seconds" if cut else "")
-                                   if n))
+                                   if n), standard_error(metric, self.selection[1], pred, value))
 
 
 def predict(model: lgb.Booster | LinearModel, x: np.ndarray) -> np.ndarray:
@@ -209,9 +250,10 @@ def _linear(data: TrainingData, fitter: _Fitter, metric: str, seed: int) -> Cand
     model = linear_baseline.fit(fitter.params.objective, data.x[:fitter.n_core],
                                 data.y[:fitter.n_core], fitter.cat, seed)
     pred = model.predict(fitter.selection[0])
-    return Candidate(-1, "linear", linear_baseline.description(model, fitter.n_core),
-                     metric_value(metric, fitter.selection[1], pred),
-                     time.monotonic() - started, None, "linear baseline")
+    value = metric_value(metric, fitter.selection[1], pred)
+    return Candidate(-1, "linear", linear_baseline.description(model, fitter.n_core), value,
+                     time.monotonic() - started, None, "linear baseline",
+                     standard_error(metric, fitter.selection[1], pred, value))
 
 
 def _check_slices(data: TrainingData, metric: str) -> None:
@@ -242,16 +284,21 @@ def run_search(data: TrainingData, params: TrainParams, base: dict[str, Any]) ->
         board.append(_linear(data, fitter, metric, search.seed))
     board.append(fitter.candidate(0, spec_candidate_params(params), deadline, metric,
                                   "the spec's params"))
+    # The budget is the whole search's: keep time for the two fits after the
+    # trials (the winner's refit and the spec's params' model), estimated from
+    # the spec's fit scaled to the rows they fit on.
+    reserve = 2 * board[-1].seconds * data.n_fit / max(1, fitter.n_core)
+    trials_end = deadline - reserve
 
     def objective(trial: optuna.Trial) -> float:
-        found = fitter.candidate(trial.number + 1, sample(trial, fitter.n_core), deadline,
+        found = fitter.candidate(trial.number + 1, sample(trial, fitter.n_core), trials_end,
                                  metric)
         board.append(found)
         # Optuna needs a number; an undefined metric ranks last.
         return found.metric if not math.isnan(found.metric) else \
             (-math.inf if metric in MAXIMIZE else math.inf)
 
-    remaining = deadline - time.monotonic()
+    remaining = trials_end - time.monotonic()
     if search.max_trials > 1 and remaining > 0:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
@@ -259,7 +306,36 @@ def run_search(data: TrainingData, params: TrainParams, base: dict[str, Any]) ->
             sampler=optuna.samplers.TPESampler(seed=search.seed))
         study.optimize(objective, n_trials=search.max_trials - 1, timeout=remaining)
     searched_seconds = time.monotonic() - started
-    return _finish(data, params, fitter, board, metric, searched_seconds)
+    found = _finish(data, params, fitter, board, metric, searched_seconds)
+    found.summary["refit_reserve_seconds"] = round(reserve, 3)
+    return found
+
+
+def choose(board: list[Candidate], metric: str) -> tuple[Candidate, str]:
+    """The winner: the simplest candidate within one standard error of the best.
+
+    The best on a small selection slice is partly luck (the more candidates,
+    the more luck), so a lead smaller than the noise does not buy the risk:
+    the linear model, else the spec's params, is kept when it is within one
+    standard error of the best (the "one-SE rule"); otherwise the best wins.
+    On large slices the error is small and the best wins. Ties keep the
+    earlier trial; NaN metrics never win.
+    """
+    trees = [c for c in board if c.kind == "lightgbm"]
+    best = trees[0]
+    for c in [*trees[1:], *(c for c in board if c.kind == "linear")]:
+        if better(metric, c.metric, best.metric):
+            best = c
+    if math.isnan(best.se):
+        return best, "best"
+    margin = best.se if metric in MAXIMIZE else -best.se
+    simpler = [c for c in board if c.kind == "linear"] + [trees[0]]
+    for c in simpler:
+        if c is best:
+            return best, "best"
+        if not math.isnan(c.metric) and not better(metric, best.metric - margin, c.metric):
+            return c, f"one-SE rule: within {_round(best.se)} of trial {best.trial}"
+    return best, "best"
 
 
 def _finish(data: TrainingData, params: TrainParams, fitter: _Fitter, board: list[Candidate],
@@ -267,16 +343,14 @@ def _finish(data: TrainingData, params: TrainParams, fitter: _Fitter, board: lis
     assert params.search is not None
     trees = [c for c in board if c.kind == "lightgbm"]
     linear = [c for c in board if c.kind == "linear"]
-    winner = trees[0]
-    # strictly better only: ties keep the earlier trial, and LightGBM over the linear model
-    for c in [*trees[1:], *linear]:
-        if better(metric, c.metric, winner.metric):
-            winner = c
+    winner, chosen_by = choose(board, metric)
     cut = any("cut by" in c.note for c in trees)
     stopped_by = "max_trials" if len(trees) >= params.search.max_trials and not cut \
         else "budget_seconds"
     refit_started = time.monotonic()
-    default = fitter.fit(trees[0].params, data.n_fit)
+    # The spec's params fit exactly as train does without a search: the model
+    # the search must beat on validation, and the model when they win.
+    default = _fit(data, params)
     booster: lgb.Booster | LinearModel = default
     if winner.kind == "linear":
         booster = linear_baseline.fit(params.objective, data.x[:data.n_fit],
@@ -298,7 +372,7 @@ def _finish(data: TrainingData, params: TrainParams, fitter: _Fitter, board: lis
         "refit_seconds": round(time.monotonic() - refit_started, 3),
         "rows": {"fit": fitter.n_core, "early_stopping": data.n_stop,
                  "selection": data.n_select, "valid": len(y_valid)},
-        "winner": winner.row(),
+        "winner": winner.row(), "chosen_by": chosen_by,
         "spec_params_selection": _round(trees[0].metric),
         "winner_valid": _round(valid["winner"]), "spec_params_valid": _round(valid["spec_params"]),
         "gain_valid": _round(sign * (valid["winner"] - valid["spec_params"])),

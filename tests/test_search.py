@@ -16,10 +16,11 @@ from test_launcher import InProcessBackend
 from batchline import storage
 from batchline.errors import SpecError
 from batchline.launcher import Launcher
+from batchline.metrics import auc
 from batchline.params import TimeSplit, TrainParams
 from batchline.spec import load_spec, parse_set
 from batchline.stages import linear_baseline, score, split
-from batchline.stages.search import fleet_leaderboard
+from batchline.stages.search import Candidate, choose, fleet_leaderboard, standard_error
 from batchline.stages.train import load_training_data, model_card, train
 
 
@@ -104,14 +105,21 @@ def test_leaderboard_lists_every_candidate_and_the_winner_is_the_best_tree() -> 
     board, found = model.leaderboard, model.metrics["search"]
     assert board is not None and found["metric"] == "auc"
     rows = board["candidates"]
-    assert len(rows) == 6  # the spec's params, 4 sampled, the linear baseline
-    assert [r["rank"] for r in rows] == list(range(1, 7))
-    assert sorted(r["trial"] for r in rows) == [-1, 0, 1, 2, 3, 4]
+    assert len(rows) == 8  # the spec's params, 4 sampled, 3 linear penalties
+    assert [r["rank"] for r in rows] == list(range(1, 9))
+    assert sorted(r["trial"] for r in rows) == [-3, -2, -1, 0, 1, 2, 3, 4]
+    assert sorted(r["params"]["l2"] for r in rows if r["kind"] == "linear") == [1, 10, 100]
     metrics = [r["metric"] for r in rows]
     assert metrics == sorted(metrics, reverse=True)  # auc: higher first
     trees = [r for r in rows if r["kind"] == "lightgbm"]
-    assert found["winner"]["trial"] == rows[0]["trial"]  # the best on the selection slice
+    # the best on the selection slice, or a simpler one within its standard error
+    if found["chosen_by"] == "best":
+        assert found["winner"]["trial"] == rows[0]["trial"]
+    else:
+        assert found["chosen_by"].startswith("one-SE rule") and found["winner"]["trial"] <= 0
+        assert found["winner"]["metric"] >= rows[0]["metric"] - rows[0]["se"]
     assert model.kind == found["winner"]["kind"]
+    assert all(0 < r["se"] < 0.1 for r in rows)
     assert all(r["seconds"] >= 0 and r["rounds"] >= 1 for r in trees)
     linear = next(r for r in rows if r["kind"] == "linear")
     assert 0.6 < linear["metric"] < 1 and found["linear_baseline_selection"] == linear["metric"]
@@ -174,6 +182,38 @@ def test_a_linear_winner_is_saved_as_json_text_and_scored_like_a_booster() -> No
     assert out.num_rows == batch.num_rows
     assert np.allclose(out.column("prediction").to_numpy(),
                        loaded.predict(data.feature_map.matrix(batch)))
+
+
+def _candidate(trial: int, metric: float, se: float, kind: str = "lightgbm") -> Candidate:
+    return Candidate(trial, kind, {}, metric, 0.0, None, "", se)
+
+
+def test_a_lead_within_the_noise_keeps_the_simpler_model() -> None:
+    spec, lucky = _candidate(0, 0.75, 0.03), _candidate(7, 0.77, 0.03)
+    linear = _candidate(-1, 0.70, 0.03, "linear")
+    assert choose([linear, spec, lucky], "auc") == (
+        spec, "one-SE rule: within 0.03 of trial 7")
+    # a lead larger than its standard error wins
+    assert choose([linear, spec, _candidate(7, 0.79, 0.03)], "auc")[0].trial == 7
+    # the linear model first when it is within the noise too; minimising metrics alike
+    assert choose([_candidate(-1, 0.75, 0.03, "linear"), spec, lucky], "auc")[0].kind == \
+        "linear"
+    assert choose([_candidate(0, 0.50, 0.02), _candidate(3, 0.49, 0.02)], "logloss")[0].trial \
+        == 0
+    assert choose([_candidate(0, 0.50, 0.002), _candidate(3, 0.49, 0.002)], "logloss")[0] \
+        .trial == 3
+
+
+def test_auc_standard_error_agrees_with_a_bootstrap() -> None:
+    rng = np.random.default_rng(5)
+    y = (rng.random(600) < 0.2).astype(np.int64)
+    score = y * 0.8 + rng.normal(size=600)
+    value = auc(y, score)
+    boot = [auc(y[i], score[i]) for i in (rng.integers(0, 600, 600) for _ in range(400))]
+    assert standard_error("auc", y, score, value) == pytest.approx(np.std(boot), rel=0.25)
+    losses = rng.normal(size=600)
+    assert standard_error("mae", np.zeros(600), losses, float(np.abs(losses).mean())) == \
+        pytest.approx(np.abs(losses).std(ddof=1) / np.sqrt(600))
 
 
 def test_logistic_baseline_matches_scikit_learn() -> None:
@@ -245,10 +285,13 @@ def test_pipeline_with_search_commits_the_leaderboard_and_scores(demo_csv: Path,
     assert record.metrics["search_stopped_by"] == "max_trials"
     names = {f.path.rsplit("/", 1)[-1]: f.path for f in record.files}
     board = json.loads(storage.read_bytes(storage.join(uri, names["leaderboard.json"])))
-    assert len(board["candidates"]) == 4
+    assert len(board["candidates"]) == 6  # 3 LightGBM, 3 linear
     card = json.loads(storage.read_bytes(storage.join(uri, names["model.json"])))
-    best = next(c for c in board["candidates"] if c["kind"] == "lightgbm")
-    assert card["metrics"]["search"]["winner"] == {k: v for k, v in best.items() if k != "rank"}
+    winner = card["metrics"]["search"]["winner"]
+    listed = next(c for c in board["candidates"] if c["trial"] == winner["trial"])
+    assert winner == {k: v for k, v in listed.items() if k != "rank"}
+    # a linear winner is scored too (score reads model_kind from the card)
+    assert card.get("model_kind", "lightgbm") == winner["kind"]
     assert manifest.stage("train").metrics["search_candidates"] == 3
     predictions = storage.open_dataset(str(tmp_path / "runs" / "s1" / "score" / "predictions"))
     assert predictions.count_rows() > 0

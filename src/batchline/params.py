@@ -196,8 +196,9 @@ class SearchParams(_Params):
         0.2, gt=0.0, lt=1.0, description="share of the fitting rows held out (the same way as "
         "the split) to choose the winner on; no candidate fits or stops on them")
     linear_baseline: bool = Field(True, description="also fit a regularised linear model "
-                                  "(binary and regression); it is the model if it beats every "
-                                  "LightGBM candidate on the selection slice")
+                                  "(binary and regression); it is the model if it is within "
+                                  "one standard error of the best candidate on the selection "
+                                  "slice")
 
 
 class TrainParams(_Params):

@@ -12,8 +12,8 @@ with the model the stage trains without a search (the spec's params).
 Candidates: the spec's own params first, then Optuna's TPE sampler (seeded)
 over num_leaves, learning_rate, min_data_in_leaf, feature_fraction, bagging,
 L1/L2 penalties and min_gain_to_split; plus a linear model
-(linear_baseline.py, binary and regression), which wins only when strictly
-better than every LightGBM candidate. The search stops at
+(linear_baseline.py, binary and regression). The winner is the simplest
+candidate within one standard error of the best (`choose`). The search stops at
 `max_trials` (deterministic: same data and seed, same winner and same model
 bytes) or at `budget_seconds` of wall time (not deterministic on a busy
 machine); `stopped_by` records which. Pure over numpy: no storage here.
@@ -245,13 +245,14 @@ def predict(model: lgb.Booster | LinearModel, x: np.ndarray) -> np.ndarray:
                                     or model.current_iteration()))
 
 
-def _linear(data: TrainingData, fitter: _Fitter, metric: str, seed: int) -> Candidate:
+def _linear(data: TrainingData, fitter: _Fitter, metric: str, seed: int, trial: int,
+            l2: float) -> Candidate:
     started = time.monotonic()
     model = linear_baseline.fit(fitter.params.objective, data.x[:fitter.n_core],
-                                data.y[:fitter.n_core], fitter.cat, seed)
+                                data.y[:fitter.n_core], fitter.cat, seed, l2)
     pred = model.predict(fitter.selection[0])
     value = metric_value(metric, fitter.selection[1], pred)
-    return Candidate(-1, "linear", linear_baseline.description(model, fitter.n_core), value,
+    return Candidate(trial, "linear", linear_baseline.description(model, fitter.n_core), value,
                      time.monotonic() - started, None, "linear baseline",
                      standard_error(metric, fitter.selection[1], pred, value))
 
@@ -281,7 +282,9 @@ def run_search(data: TrainingData, params: TrainParams, base: dict[str, Any]) ->
     deadline = started + search.budget_seconds
     board: list[Candidate] = []
     if search.linear_baseline and params.objective in ("binary", "regression"):
-        board.append(_linear(data, fitter, metric, search.seed))
+        # a few penalties, strongest first (trial -1): a linear model's own small search
+        board += [_linear(data, fitter, metric, search.seed, -1 - k, l2)
+                  for k, l2 in enumerate(linear_baseline.L2_GRID)]
     board.append(fitter.candidate(0, spec_candidate_params(params), deadline, metric,
                                   "the spec's params"))
     # The budget is the whole search's: keep time for the two fits after the
@@ -344,6 +347,10 @@ def _finish(data: TrainingData, params: TrainParams, fitter: _Fitter, board: lis
     trees = [c for c in board if c.kind == "lightgbm"]
     linear = [c for c in board if c.kind == "linear"]
     winner, chosen_by = choose(board, metric)
+    best_linear = None
+    for c in linear:
+        if best_linear is None or better(metric, c.metric, best_linear.metric):
+            best_linear = c
     cut = any("cut by" in c.note for c in trees)
     stopped_by = "max_trials" if len(trees) >= params.search.max_trials and not cut \
         else "budget_seconds"
@@ -353,8 +360,10 @@ def _finish(data: TrainingData, params: TrainParams, fitter: _Fitter, board: lis
     default = _fit(data, params)
     booster: lgb.Booster | LinearModel = default
     if winner.kind == "linear":
-        booster = linear_baseline.fit(params.objective, data.x[:data.n_fit],
-                                      data.y[:data.n_fit], fitter.cat, params.search.seed)
+        # no early stopping to feed: it refits on every row but the validation rows
+        rows = data.n_fit + data.n_stop
+        booster = linear_baseline.fit(params.objective, data.x[:rows], data.y[:rows],
+                                      fitter.cat, params.search.seed, winner.params["l2"])
     elif winner.trial != 0:
         booster = fitter.fit(winner.params, data.n_fit)
     x_valid, y_valid = data.valid
@@ -376,7 +385,7 @@ def _finish(data: TrainingData, params: TrainParams, fitter: _Fitter, board: lis
         "spec_params_selection": _round(trees[0].metric),
         "winner_valid": _round(valid["winner"]), "spec_params_valid": _round(valid["spec_params"]),
         "gain_valid": _round(sign * (valid["winner"] - valid["spec_params"])),
-        "linear_baseline_selection": _round(linear[0].metric) if linear else None,
+        "linear_baseline_selection": _round(best_linear.metric) if best_linear else None,
         "leaderboard_top": [c.row(i + 1) for i, c in enumerate(ranked[:LEADERBOARD_TOP])],
     }
     leaderboard = {key: summary[key] for key in ("metric", "direction", "stopped_by", "rows",

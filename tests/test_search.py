@@ -14,7 +14,7 @@ from conftest import SPEC, run_cli
 from test_launcher import InProcessBackend
 
 from batchline import storage
-from batchline.errors import SpecError
+from batchline.errors import DataError, SpecError
 from batchline.launcher import Launcher
 from batchline.metrics import auc
 from batchline.params import TimeSplit, TrainParams
@@ -295,3 +295,8 @@ def test_pipeline_with_search_commits_the_leaderboard_and_scores(demo_csv: Path,
     assert manifest.stage("train").metrics["search_candidates"] == 3
     predictions = storage.open_dataset(str(tmp_path / "runs" / "s1" / "score" / "predictions"))
     assert predictions.count_rows() > 0
+    # a model kind this version cannot score is refused, naming the ones it can
+    path = tmp_path / "runs" / "s1" / "train" / "model" / names["model.json"]
+    path.write_text(json.dumps({**card, "model_kind": "xgboost"}))
+    with pytest.raises(DataError, match=r"model_kind 'xgboost' .* \(lightgbm, linear\)"):
+        score.load_model(uri)

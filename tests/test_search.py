@@ -156,6 +156,18 @@ def test_regression_search_minimises_its_metric() -> None:
     assert linear["metric"] < 0.9
 
 
+def test_multiclass_search_ranks_by_accuracy_without_a_linear_model() -> None:
+    params = TrainParams(label="cat", time_column="day", objective="multiclass",
+                         exclude=["amount"], num_boost_round=50, num_threads=1,
+                         search={"max_trials": 3, "metric": "accuracy"})
+    model = train(load_training_data(ds.dataset(_table()), params), params)
+    assert model.leaderboard is not None and model.kind == "lightgbm"
+    rows = model.leaderboard["candidates"]
+    assert [r["kind"] for r in rows] == ["lightgbm"] * 3
+    assert [r["metric"] for r in rows] == sorted((r["metric"] for r in rows), reverse=True)
+    assert model.metrics["classes"] == ["a", "b", "c", "d"]
+
+
 def test_a_linear_winner_is_saved_as_json_text_and_scored_like_a_booster() -> None:
     # the truth of `amount` is linear plus noise: the ridge model beats a few trees
     params = TrainParams(label="amount", time_column="day", objective="regression",

@@ -6,7 +6,7 @@ ROWS ?= 200000
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images clean
+.PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images bench-search clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -42,12 +42,12 @@ fleet-demo: $(BIN)/batchline  ## a fleet: FLEET_HOSPITALS hospital models + a gl
 	$(BIN)/batchline models list readmission-fleet --storage batchline-data | tail -5
 	@echo "all champions: $(BIN)/batchline models list readmission-fleet --storage batchline-data"
 
-lock:  ## refresh constraints.txt from a fresh install of .[dev]; review the diff
+lock:  ## refresh constraints.txt from a fresh install of .[dev,bench]; review the diff
 	rm -rf build/lock-venv
 	$(PY) -m venv build/lock-venv
-	build/lock-venv/bin/pip install --quiet -e '.[dev]'
-	{ echo "# Exact versions for both install paths (make demo: .[all]; make setup/test: .[dev])."; \
-	  echo "# Regenerate with \`make lock\` (a fresh install of .[dev]) and review the diff."; \
+	build/lock-venv/bin/pip install --quiet -e '.[dev,bench]'
+	{ echo "# Exact versions for every install path (make demo: .[all]; make setup/test: .[dev]; bench-search: .[bench])."; \
+	  echo "# Regenerate with \`make lock\` (a fresh install of .[dev,bench]) and review the diff."; \
 	  build/lock-venv/bin/pip freeze --exclude-editable | grep -v '^-e '; } > constraints.txt
 	rm -rf build/lock-venv
 	git diff --stat constraints.txt
@@ -78,6 +78,10 @@ images: wheelhouse  ## build every stage image and the launcher (podman or docke
 
 bench: setup  ## demo at 1M and 5M rows vs the single-process limit and a pandas script (--busy too); appends to bench/results.md
 	$(BIN)/python bench/run.py
+
+bench-search: setup  ## search vs H2O AutoML at equal time budget per model (needs Java); appends to bench/results.md
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
+	$(BIN)/python bench/search_vs_h2o.py
 
 bench-images: images  ## image sizes and container start overhead vs local processes
 	$(BIN)/python bench/bench_images.py

@@ -12,7 +12,8 @@ rm -rf "$out"
 mkdir -p "$out"
 "$pip" freeze --exclude-editable | grep -v '^-e ' > build/constraints.txt
 "$pip" wheel --quiet --no-deps -w "$out" .
-# Everything any image installs: the core, [ingest], [features], [model], [cli,kubernetes,aws].
+# Everything any image installs: the core, [ingest], [features], [model], [search],
+# [cli,kubernetes,aws].
 "$pip" download --quiet --only-binary=:all: -d "$out" -c build/constraints.txt \
-  "$(ls "$out"/batchline-*.whl)[ingest,features,model,cli,kubernetes,aws]"
+  "$(ls "$out"/batchline-*.whl)[ingest,features,model,search,cli,kubernetes,aws]"
 echo "wheelhouse: $(ls "$out" | wc -l) wheels in $out"

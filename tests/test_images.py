@@ -18,9 +18,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.podman]
 
 # What each pip extra brings that a stage image may import; an image carries
 # what its stage's extras (from the catalog) bring, and none of the others'.
-EXTRA_IMPORTS = {"ingest": "numpy", "features": "duckdb", "model": "lightgbm"}
+EXTRA_IMPORTS = {"ingest": "numpy", "features": "duckdb", "model": "lightgbm",
+                 "search": "optuna"}
 # The heavy ones no other extra brings (numpy comes with LightGBM too).
-EXCLUSIVE = {"features": "duckdb", "model": "lightgbm"}
+EXCLUSIVE = {"features": "duckdb", "model": "lightgbm", "search": "optuna"}
 CLOUD = ("kubernetes", "boto3")
 NEEDS = {name: ("batchline.stage", stage.module, "pyarrow.parquet", "pyarrow.fs",
                 *(EXTRA_IMPORTS[e] for e in stage.extras)) for name, stage in STAGES.items()}

@@ -231,6 +231,42 @@ class GroupSplit(_Params):
 Split = Annotated[TimeSplit | RandomSplit | GroupSplit, Field(discriminator="kind")]
 
 
+# The metrics a search may choose by, per objective; the first is the default.
+SEARCH_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("auc", "logloss"),
+    "regression": ("rmse", "mae", "r2"),
+    "multiclass": ("multi_logloss", "accuracy"),
+}
+
+
+class SearchParams(_Params):
+    """A search over LightGBM's hyperparameters (Optuna TPE) plus a linear baseline.
+
+    `max_trials` is the deterministic bound: with it reached before
+    `budget_seconds`, the same data and seed give the same winner and the
+    same model bytes. `budget_seconds` is wall time, so on a busy machine
+    it stops at a different trial from run to run; the leaderboard records
+    which of the two stopped the search.
+    """
+
+    budget_seconds: float = Field(300.0, gt=0.0, le=7 * 24 * 3600.0,
+                                  description="wall-time budget of the whole search, its "
+                                  "final fits included (seconds)")
+    max_trials: int = Field(30, ge=1, le=10_000,
+                            description="LightGBM candidates tried, the spec's own params first")
+    metric: Literal["auc", "logloss", "rmse", "mae", "r2", "multi_logloss", "accuracy"] | None = \
+        Field(None, description="what the winner is chosen by, on the selection slice; "
+              "default: auc (binary), rmse (regression), multi_logloss (multiclass)")
+    seed: int = Field(7, description="seed of the sampler (TPE)")
+    selection_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="share of the fitting rows held out (the same way as "
+        "the split) to choose the winner on; no candidate fits or stops on them")
+    linear_baseline: bool = Field(True, description="also fit a regularised linear model "
+                                  "(binary and regression); it is the model if it is within "
+                                  "one standard error of the best candidate on the selection "
+                                  "slice")
+
+
 class TrainParams(_Segmented):
     """What to predict, how to hold rows out, which columns mean what, and LightGBM's knobs.
 
@@ -266,6 +302,9 @@ class TrainParams(_Segmented):
     calibration_bins: int = Field(10, ge=2, le=100)
     lightgbm: dict[str, Any] = Field(default_factory=dict,
                                      description="further LightGBM parameters, by LightGBM name")
+    search: SearchParams | None = Field(
+        None, description="search LightGBM's hyperparameters within a budget; the winner, "
+        "chosen on its own slice, is the model")
 
     @model_validator(mode="after")
     def _one_split(self) -> TrainParams:
@@ -274,6 +313,11 @@ class TrainParams(_Segmented):
         if self.split is None and self.time_column is None:
             raise ValueError("say how to hold out validation rows: split: {kind: time, column: "
                              "..., fraction: 0.2} (or kind: random, or kind: group)")
+        if self.search is not None and self.search.metric is not None and \
+                self.search.metric not in SEARCH_METRICS[self.objective]:
+            raise ValueError(f"search.metric: {self.search.metric!r} does not fit objective "
+                             f"{self.objective}; use one of "
+                             f"{', '.join(SEARCH_METRICS[self.objective])}")
         return self
 
     @field_validator("lightgbm")
@@ -291,6 +335,12 @@ class TrainParams(_Segmented):
         if problems:
             raise ValueError("; ".join(problems))
         return value
+
+    @property
+    def search_metric(self) -> str:
+        """The metric the search chooses by: the spec's, else the objective's first."""
+        assert self.search is not None
+        return self.search.metric or SEARCH_METRICS[self.objective][0]
 
     @property
     def effective_split(self) -> TimeSplit | RandomSplit | GroupSplit:

@@ -80,11 +80,13 @@ _DEFS = (
              TrainParams, inputs={"features": "features"}, outputs=("model",),
              summary=("auc_valid", "logloss_valid", "calibration_ece", "rmse_valid",
                       "mae_valid", "r2_valid", "multi_logloss_valid", "accuracy_valid",
-                      "best_iteration", "model_version",
+                      "best_iteration", "model_version", "search_candidates",
+                      "search_stopped_by", "search_gain_valid",
                       # a fleet's (spec `segments:`)
                       "segments_trained", "segments_promoted", "segments_failed",
                       "segments_fallback"),
-             extras=("model",), verify_on_reuse=True,
+             # search: Optuna, imported only when a spec has a `search:` section
+             extras=("model", "search"), verify_on_reuse=True,
              # a fleet (spec `segments:`) trains one model per segment across its shards
              merge_shards=fleet.merge_metrics, judge=fleet.verdict),
     StageDef("score", "the model's predictions for the population, in bounded batches",

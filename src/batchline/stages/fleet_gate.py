@@ -19,12 +19,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 
 from batchline import fleet
 from batchline.params import PromoteSpec, TrainParams
 from batchline.registry import Registry
+from batchline.stages import score
 from batchline.stages import train as single
 from batchline.stages.matrix import FeatureMap
 
@@ -75,7 +75,8 @@ def champion_metric(registry: Registry, key: str, version: str, holdout: Holdout
     x = remap(holdout.x, holdout.feature_map, theirs)
     if x is None:
         return None, "the champion uses other features"
-    booster = lgb.Booster(model_str=registry.model_text(key, version).decode())
+    booster = score.predictor(registry.model_text(key, version), card,
+                              f"registry {key}/{version}")
     pred = np.asarray(booster.predict(x))
     value = single.validation_metrics(params.objective, holdout.y, pred, holdout.y_fit,
                                       params).get(f"{metric}_valid")

@@ -17,7 +17,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import lightgbm as lgb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -37,7 +36,7 @@ class Model:
     """One loaded model of the fleet."""
 
     key: str
-    booster: lgb.Booster
+    booster: single.Predictor  # LightGBM, or a search's linear winner
     card: dict[str, Any]
     fmap: FeatureMap
 
@@ -70,7 +69,8 @@ class FleetModels:
         if key not in self._loaded:
             text, card = self._read(key)
             fmap = FeatureMap(card["feature_map"]["features"], card["feature_map"]["categorical"])
-            self._loaded[key] = Model(key, lgb.Booster(model_str=text.decode()), card, fmap)
+            self._loaded[key] = Model(key, single.predictor(text, card, f"{self.uri}: {key}"),
+                                     card, fmap)
         return self._loaded[key]
 
     @property

@@ -86,7 +86,20 @@ def board_entry(key: str, value: str | None, model: single.TrainedModel) -> dict
     return {"segment": key, "value": value, "status": fleet.OK,
             "model_version": metrics["model_version"], "model_sha256": model.sha256,
             "rows": metrics["rows"], **{k: metrics[k] for k in BOARD_METRICS if k in metrics},
-            "warnings": model.metrics.get("warnings", [])}
+            "warnings": model.metrics.get("warnings", []),
+            **_search_figures(model)}
+
+
+def _search_figures(model: single.TrainedModel) -> dict[str, Any]:
+    """What the fleet leaderboard shows of a segment's search (spec `search:`)."""
+    found = model.metrics.get("search")
+    if found is None:
+        return {}
+    winner = found["winner"]
+    # no timings here: equal inputs must give equal leaderboard bytes
+    return {"model_kind": model.kind, "search_candidates": found["candidates"],
+            "search_stopped_by": found["stopped_by"], "search_gain_valid": found["gain_valid"],
+            "search_winner": {k: winner[k] for k in ("trial", "kind", "params") if k in winner}}
 
 
 class Carried:
@@ -197,7 +210,9 @@ def _one(out: storage.DatasetWriter, dataset: ds.Dataset, key: str, value: str |
     entry = board_entry(key, value, model)
     version = registry.register(key, model.text.encode(), {
         "card": card, "metrics": {k: v for k, v in entry.items() if k in BOARD_METRICS},
-        "lineage": lineage(task, base)})
+        "lineage": lineage(task, base),
+        # every candidate of the segment's search, when the spec has `search:`
+        "leaderboard": model.leaderboard})
     decision = fleet_gate.decide(registry, key, version, single.commit_metrics(model),
                                  fleet_gate.Holdout.of(data), base, task.run_id)
     entry.update(decision=decision, serving_version=decision["serving"])

@@ -32,6 +32,7 @@ import pyarrow.dataset as ds
 from batchline import cpu, storage
 from batchline.errors import DataError, SpecError, StorageError
 from batchline.params import ScoreParams, SourcePopulation, SqlPopulation
+from batchline.stages.linear_baseline import LinearModel
 from batchline.stages.matrix import FeatureMap, arrow_data_errors
 from batchline.task import StageTask
 
@@ -39,8 +40,17 @@ log = logging.getLogger(__name__)
 _POPULATION = "stages.score.params.population"
 
 
-def load_model(model_uri: str) -> tuple[lgb.Booster, dict[str, Any]]:
-    """Load model.txt and model.json from a committed model dataset, checking sha256."""
+# What score calls `predict` on: a LightGBM booster, or a search's linear winner.
+Predictor = lgb.Booster | LinearModel
+MODEL_KINDS = ("lightgbm", "linear")
+
+
+def load_model(model_uri: str) -> tuple[Predictor, dict[str, Any]]:
+    """Load model.txt and model.json from a committed model dataset, checking sha256.
+
+    model.txt is LightGBM's text, or (card `model_kind: linear`) a linear
+    model's JSON written by a search (stages/linear_baseline.py).
+    """
     record = storage.committed(model_uri)
     files = {f.path.rsplit("/", 1)[-1]: f for f in record.files}
     if "model.txt" not in files or "model.json" not in files:
@@ -53,7 +63,19 @@ def load_model(model_uri: str) -> tuple[lgb.Booster, dict[str, Any]]:
         raise DataError(f"{model_uri}/model.txt does not match its recorded sha256; the model "
                         "file was changed after training: retrain")
     card.setdefault("objective", "binary")  # model cards from before objectives existed
-    return lgb.Booster(model_str=text.decode()), card
+    return predictor(text, card, f"{model_uri}/model.json"), card
+
+
+def predictor(text: bytes, card: dict[str, Any], where: str) -> Predictor:
+    """The model in `text` as its card's `model_kind` says (`where` names the card)."""
+    kind = card.get("model_kind", "lightgbm")
+    if kind not in MODEL_KINDS:
+        raise DataError(f"{where}: model_kind {kind!r} is not one this version "
+                        f"can score ({', '.join(MODEL_KINDS)}); score with the batchline "
+                        "version that trained it")
+    if kind == "linear":
+        return LinearModel.from_json(text.decode())
+    return lgb.Booster(model_str=text.decode())
 
 
 def _class_type(classes: list[Any]) -> pa.DataType:
@@ -95,7 +117,7 @@ class Tally:
     warnings: list[str] = field(default_factory=list)
 
 
-def score_batches(batches: Iterable[pa.RecordBatch], booster: lgb.Booster, fmap: FeatureMap,
+def score_batches(batches: Iterable[pa.RecordBatch], booster: Predictor, fmap: FeatureMap,
                   id_columns: list[str], schema: pa.Schema, model_version: str, run_id: str,
                   num_threads: int, shard: tuple[int, int] = (0, 1),
                   card: dict[str, Any] | None = None, tally: Tally | None = None

@@ -22,6 +22,13 @@ from batchline.params import GroupSplit, RandomSplit, TimeSplit
 
 SplitSpec = TimeSplit | RandomSplit | GroupSplit
 FIT, EARLY_STOPPING, VALID = 0, 1, 2
+# A search's selection slice: carved from the fitting rows only when a search
+# is asked for, so a spec without one sees the three roles above unchanged.
+SELECTION = 3
+# Where each role's rows sit in the training matrix: fitting rows, then the
+# selection rows (so fit + selection stays one block to refit on), then
+# early-stopping rows, then validation rows.
+MATRIX_RANK = np.array([0, 2, 3, 1], dtype=np.int8)
 
 
 @dataclass(frozen=True)
@@ -122,8 +129,12 @@ def hold_out(spec: SplitSpec, keys: np.ndarray | None, fraction: float, seed: in
 
 def assign_roles(spec: SplitSpec, keys: np.ndarray, early_stopping_fraction: float,
                  seed: int, time_type: pa.DataType | None = None,
-                 cutoff: float | None = None) -> Roles:
-    """Validation rows first, then the early-stopping slice carved from the rest the same way."""
+                 cutoff: float | None = None, selection_fraction: float = 0.0) -> Roles:
+    """Validation rows first, then the early-stopping slice carved from the rest the same way.
+
+    With `selection_fraction` > 0 (a search), a selection slice is then carved
+    the same way from the fitting rows that remain.
+    """
     n = len(keys)
     if cutoff is not None:
         valid, chosen = keys >= cutoff, {"cut": cutoff}
@@ -142,6 +153,16 @@ def assign_roles(spec: SplitSpec, keys: np.ndarray, early_stopping_fraction: flo
         stop, stop_report = hold_out(spec, keys[train_idx], early_stopping_fraction, seed + 1,
                                      "stages.train.params.early_stopping_fraction")
         roles[train_idx[stop]] = EARLY_STOPPING
+    select_report: dict[str, Any] = {}
+    if selection_fraction > 0:
+        fit_idx = np.flatnonzero(roles == FIT)
+        if len(fit_idx) < 2:
+            raise DataError("stages.train.params.search.selection_fraction: too few fitting "
+                            "rows to hold a selection slice out; lower the other fractions")
+        chosen_rows, select_report = hold_out(
+            spec, keys[fit_idx], selection_fraction, seed + 2,
+            "stages.train.params.search.selection_fraction")
+        roles[fit_idx[chosen_rows]] = SELECTION
     report: dict[str, Any] = {"kind": spec.kind}
     if isinstance(spec, TimeSplit | GroupSplit):
         report["column"] = spec.column
@@ -149,9 +170,13 @@ def assign_roles(spec: SplitSpec, keys: np.ndarray, early_stopping_fraction: flo
         report["cut"] = key_to_text(chosen["cut"], time_type)
         if "cut" in stop_report:
             report["early_stopping_cut"] = key_to_text(stop_report["cut"], time_type)
+        if "cut" in select_report:
+            report["selection_cut"] = key_to_text(select_report["cut"], time_type)
     report.update({k: v for k, v in chosen.items() if k != "cut"})
     requested = spec.fraction if cutoff is None else None
     report["fraction_requested"] = requested
-    report["fractions"] = {name: round(float((roles == r).sum()) / n, 5) for name, r in
-                           (("fit", FIT), ("early_stopping", EARLY_STOPPING), ("valid", VALID))}
+    named = [("fit", FIT), ("early_stopping", EARLY_STOPPING), ("valid", VALID)]
+    if selection_fraction > 0:
+        named.append(("selection", SELECTION))
+    report["fractions"] = {name: round(float((roles == r).sum()) / n, 5) for name, r in named}
     return Roles(roles, report)

@@ -47,7 +47,12 @@ MANY_CATEGORIES = 1_000
 
 @dataclass(frozen=True)
 class TrainingData:
-    """Fitting, early-stopping and validation rows of one matrix, in that order."""
+    """Fitting, early-stopping and validation rows of one matrix, in that order.
+
+    With a search, the last `n_select` of the `n_fit` fitting rows are its
+    selection slice: candidates fit on the rows before them and are judged on
+    them; the winner is refit on all `n_fit`.
+    """
 
     x: np.ndarray
     y: np.ndarray
@@ -57,6 +62,7 @@ class TrainingData:
     classes: list[Any] | None
     split: dict[str, Any]
     warnings: list[str]
+    n_select: int = 0
 
     @property
     def valid(self) -> tuple[np.ndarray, np.ndarray]:
@@ -72,6 +78,8 @@ class TrainedModel:
     text: str
     feature_map: FeatureMap
     metrics: dict[str, Any]
+    leaderboard: dict[str, Any] | None = None  # every candidate of a search, when there was one
+    kind: str = "lightgbm"  # or "linear" (a search's linear winner, JSON text)
 
     @property
     def sha256(self) -> str:
@@ -119,20 +127,22 @@ def _first_scan(dataset: ds.Dataset, params: TrainParams, categorical: list[str]
 def split_rows(params: TrainParams, keys: pa.ChunkedArray | None, n: int) -> splits.Roles:
     """Each labelled row's role under the spec's split, with the report of the cut."""
     spec = params.effective_split
+    select = params.search.selection_fraction if params.search is not None else 0.0
     if isinstance(spec, RandomSplit):
         return splits.assign_roles(spec, np.arange(n), params.early_stopping_fraction,
-                                   spec.seed)
+                                   spec.seed, selection_fraction=select)
     assert keys is not None
     if isinstance(spec, GroupSplit):
         return splits.assign_roles(spec, splits.group_codes(keys),
-                                   params.early_stopping_fraction, spec.seed)
+                                   params.early_stopping_fraction, spec.seed,
+                                   selection_fraction=select)
     if keys.null_count:
         raise DataError(f"stages.train.params.{'split.column' if params.split else 'time_column'}"
                         f": {keys.null_count} labelled rows have no {spec.column!r} value; "
                         "fill or filter them in the feature SQL")
     cutoff = None if spec.cutoff is None else splits.cutoff_key(spec.cutoff, keys.type)
     return splits.assign_roles(spec, splits.time_keys(keys), params.early_stopping_fraction,
-                               params.seed, keys.type, cutoff)
+                               params.seed, keys.type, cutoff, selection_fraction=select)
 
 
 def _split_warnings(roles: splits.Roles) -> list[str]:
@@ -141,7 +151,8 @@ def _split_warnings(roles: splits.Roles) -> list[str]:
     if asked is not None and abs(asked - got) > 0.05:
         out.append(f"split: {asked} of rows was asked to be held out but {got} is (rows that "
                    "share a value stay on one side); see split.cut in the model card")
-    for name, role in (("validation", splits.VALID), ("early-stopping", splits.EARLY_STOPPING)):
+    for name, role in (("validation", splits.VALID), ("early-stopping", splits.EARLY_STOPPING),
+                       ("search selection", splits.SELECTION)):
         if 0 < roles.count(role) < 200:
             out.append(f"only {roles.count(role)} {name} rows: its metrics are noisy")
     return out
@@ -149,8 +160,11 @@ def _split_warnings(roles: splits.Roles) -> list[str]:
 
 def _fill_matrix(dataset: ds.Dataset, params: TrainParams, fmap: FeatureMap,
                  roles: np.ndarray) -> np.ndarray:
-    """The feature matrix with rows grouped by role (fit, early stopping, validation)."""
-    counts = np.bincount(roles, minlength=3)
+    """The feature matrix with rows grouped by role (fit, early stopping, validation).
+
+    `roles` are matrix ranks (split.MATRIX_RANK): 0-3, in the order the rows sit.
+    """
+    counts = np.bincount(roles, minlength=4)
     x = np.empty((len(roles), len(fmap.features)), dtype=np.float32)
     next_row = np.concatenate([[0], np.cumsum(counts)[:-1]])
     offset = 0
@@ -159,7 +173,7 @@ def _fill_matrix(dataset: ds.Dataset, params: TrainParams, fmap: FeatureMap,
                                     batch_size=BATCH_ROWS):
         batch_roles = roles[offset:offset + batch.num_rows]
         offset += batch.num_rows
-        for role in range(3):
+        for role in range(4):
             mask = batch_roles == role
             k = int(mask.sum())
             if k:
@@ -191,11 +205,13 @@ def load_training_data(dataset: ds.Dataset, params: TrainParams) -> TrainingData
     many = [f"column {c!r} has {len(vocab[c])} distinct values: if it is an id or free text, "
             "add it to stages.train.params.exclude" for c in plan.categorical
             if c not in params.categorical and len(vocab[c]) > MANY_CATEGORIES]
-    x = _fill_matrix(dataset, params, fmap, roles.roles)
-    order = np.argsort(roles.roles, kind="stable")  # same order as the matrix rows
-    return TrainingData(x, labels.y[order], roles.count(splits.FIT),
+    ranks = splits.MATRIX_RANK[roles.roles]
+    x = _fill_matrix(dataset, params, fmap, ranks)
+    order = np.argsort(ranks, kind="stable")  # same order as the matrix rows
+    n_select = roles.count(splits.SELECTION)
+    return TrainingData(x, labels.y[order], roles.count(splits.FIT) + n_select,
                         roles.count(splits.EARLY_STOPPING), fmap, labels.classes, roles.report,
-                        [*plan.warnings, *many, *_split_warnings(roles)])
+                        [*plan.warnings, *many, *_split_warnings(roles)], n_select)
 
 
 def booster_params(params: TrainParams, classes: list[Any] | None) -> dict[str, Any]:
@@ -266,27 +282,59 @@ def validation_metrics(objective: str, y: np.ndarray, pred: np.ndarray, y_fit: n
 
 
 def train(data: TrainingData, params: TrainParams) -> TrainedModel:
-    """Fit LightGBM for the objective, stopping early on its own slice; measure on validation."""
-    booster = _fit(data, params)
+    """Fit LightGBM for the objective, stopping early on its own slice; measure on validation.
+
+    With `params.search`, the model is the search's winner (stages/search.py):
+    a LightGBM booster, or a linear model saved as JSON text; the model
+    carries the search's leaderboard.
+    """
+    if params.search is None:
+        return _measured(_fit(data, params), data, params)
+    from batchline.stages.linear_baseline import LinearModel
+    from batchline.stages.search import run_search  # Optuna only when a spec asks for it
+
+    found = run_search(data, params, booster_params(params, data.classes))
+    if isinstance(found.booster, LinearModel):
+        x_valid = data.valid[0]
+        linear = found.booster
+        model = _described(data, params, linear.predict(x_valid), 0, linear.to_json(),
+                           ("importance_weight_top",
+                            linear.importance(len(data.feature_map.features)), 3), "linear")
+    else:
+        model = _measured(found.booster, data, params)
+    model.metrics["search"] = found.summary
+    model.metrics["warnings"] = [*model.metrics["warnings"], *found.warnings]
+    return TrainedModel(model.text, model.feature_map, model.metrics, found.leaderboard,
+                        model.kind)
+
+
+def _measured(booster: lgb.Booster, data: TrainingData, params: TrainParams) -> TrainedModel:
     best = int(booster.best_iteration) or booster.current_iteration()
-    x_valid, y_valid = data.valid
-    pred = np.asarray(booster.predict(x_valid, num_iteration=best))
-    gains = booster.feature_importance("gain", iteration=best)
-    top = sorted(zip(data.feature_map.features, gains.tolist(), strict=True),
-                 key=lambda t: -t[1])[:10]
+    pred = np.asarray(booster.predict(data.valid[0], num_iteration=best))
+    gains = booster.feature_importance("gain", iteration=best).tolist()
+    return _described(data, params, pred, best, booster.model_to_string(num_iteration=best),
+                      ("importance_gain_top", gains, 1))
+
+
+def _described(data: TrainingData, params: TrainParams, pred: np.ndarray, best: int,
+               text: str, importance: tuple[str, list[float], int],
+               kind: str = "lightgbm") -> TrainedModel:
+    """The model with its validation metrics (pred: its predictions for the valid rows)."""
+    y_valid = data.valid[1]
+    key, values, digits = importance
+    top = sorted(zip(data.feature_map.features, values, strict=True), key=lambda t: -t[1])[:10]
     metrics = {
         "objective": params.objective,
         **validation_metrics(params.objective, y_valid, pred, data.y[:data.n_fit], params),
         "best_iteration": best,
         "rows_fit": data.n_fit, "rows_early_stopping": data.n_stop, "rows_valid": len(y_valid),
         "split": data.split,
-        "importance_gain_top": [[n, round(g, 1)] for n, g in top],
-        "warnings": data.warnings,
+        key: [[n, round(g, digits)] for n, g in top],
+        "warnings": list(data.warnings),
     }
     if data.classes is not None:
         metrics["classes"] = data.classes
-    text = booster.model_to_string(num_iteration=best)
-    return TrainedModel(text, data.feature_map, metrics)
+    return TrainedModel(text, data.feature_map, metrics, kind=kind)
 
 
 def model_card(model: TrainedModel, params: TrainParams, run_id: str) -> dict[str, Any]:
@@ -295,7 +343,9 @@ def model_card(model: TrainedModel, params: TrainParams, run_id: str) -> dict[st
             "classes": model.metrics.get("classes"),
             "feature_map": json.loads(model.feature_map.to_json()),
             "model_sha256": model.sha256, "model_version": model.sha256[:12],
-            "lightgbm": lgb.__version__, "metrics": model.metrics, "trained_in_run": run_id}
+            "lightgbm": lgb.__version__, "metrics": model.metrics, "trained_in_run": run_id,
+            # only a search's linear winner says so: LightGBM cards stay as they were
+            **({"model_kind": model.kind} if model.kind != "lightgbm" else {})}
 
 
 def summary(model: TrainedModel) -> dict[str, Any]:
@@ -320,6 +370,11 @@ def commit_metrics(model: TrainedModel) -> dict[str, Any]:
                # every labelled row the model saw or was measured on
                "rows": sum(int(v) for k, v in model.metrics.items()
                            if k in ("rows_fit", "rows_early_stopping", "rows_valid"))}
+    found = model.metrics.get("search")
+    if found:  # the run summary's view of the search (see the train StageDef)
+        metrics.update({"search_candidates": found["candidates"],
+                        "search_stopped_by": found["stopped_by"],
+                        "search_gain_valid": found["gain_valid"]})
     calibration = model.metrics.get("calibration_valid")
     if isinstance(calibration, dict) and "ece" in calibration:
         metrics["calibration_ece"] = calibration["ece"]
@@ -340,5 +395,8 @@ def run(task: StageTask) -> dict[str, Any]:
     with task.writer("model") as out:
         out.write_file("model.txt", model.text.encode())
         out.write_file("model.json", json.dumps(card, indent=2, sort_keys=True).encode())
+        if model.leaderboard is not None:
+            out.write_file("leaderboard.json",
+                           json.dumps(model.leaderboard, indent=2, sort_keys=True).encode())
         out.commit(commit_metrics(model))
     return summary(model)

@@ -11,10 +11,7 @@ file lock), so two launchers resuming at once still end with one holder.
 
 from __future__ import annotations
 
-import abc
 import contextlib
-import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +23,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from batchline import layout, storage
+from batchline.conditional import ConditionalObject, conditional_object
 from batchline.errors import BatchlineError, StorageMisconfigured, StorageUnavailable
 from batchline.retry import Retry
 from batchline.storage_errors import misconfiguration, outage_advice
@@ -74,131 +72,12 @@ class Holder:
                 f"renewed {age:.0f} s ago)")
 
 
-class _Objects(abc.ABC):
-    """Conditional create/replace/delete of one small object; a tag names a version."""
-
-    @abc.abstractmethod
-    def create(self, data: bytes) -> bool:
-        """Write `data` only if the object does not exist; False if it does."""
-
-    @abc.abstractmethod
-    def read(self) -> tuple[bytes, str] | None:
-        """The content and its tag, or None if absent."""
-
-    @abc.abstractmethod
-    def replace(self, data: bytes, tag: str) -> bool:
-        """Write `data` only if the object is still at `tag`; False otherwise."""
-
-    @abc.abstractmethod
-    def delete(self, tag: str) -> None:
-        """Delete the object if it is still at `tag`."""
-
-
-class _LocalObject(_Objects):
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.lock = f"{path}.lock"
-
-    def create(self, data: bytes) -> bool:
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        return True
-
-    def read(self) -> tuple[bytes, str] | None:
-        try:
-            with open(self.path, "rb") as handle:
-                data = handle.read()
-        except FileNotFoundError:
-            return None
-        return data, hashlib.sha256(data).hexdigest()
-
-    @contextlib.contextmanager
-    def _locked(self) -> Any:
-        with open(self.lock, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def replace(self, data: bytes, tag: str) -> bool:
-        with self._locked():
-            current = self.read()
-            if current is None or current[1] != tag:
-                return False
-            storage.write_bytes(self.path, data)
-            return True
-
-    def delete(self, tag: str) -> None:
-        with self._locked():
-            current = self.read()
-            if current is not None and current[1] == tag:
-                os.unlink(self.path)
-        with contextlib.suppress(OSError):
-            os.unlink(self.lock)
-
-
-class _S3Object(_Objects):
-    def __init__(self, uri: str) -> None:
-        try:
-            import boto3
-        except ImportError as exc:
-            raise BatchlineError("runs on s3:// storage are claimed with a conditional write, "
-                                 "which needs boto3: pip install 'batchline[aws]'") from exc
-        bucket, _, key = uri[len("s3://"):].partition("/")
-        self.bucket, self.key = bucket, key
-        self.client = boto3.client("s3")
-
-    def _code(self, exc: Exception) -> str:
-        return str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
-
-    def create(self, data: bytes) -> bool:
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, IfNoneMatch="*")
-        except Exception as exc:
-            if self._code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
-                return False
-            raise
-        return True
-
-    def read(self) -> tuple[bytes, str] | None:
-        try:
-            got = self.client.get_object(Bucket=self.bucket, Key=self.key)
-        except Exception as exc:
-            if self._code(exc) in ("NoSuchKey", "404"):
-                return None
-            raise
-        return got["Body"].read(), str(got["ETag"])
-
-    def replace(self, data: bytes, tag: str) -> bool:
-        try:
-            self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, IfMatch=tag)
-        except Exception as exc:
-            if self._code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412",
-                                   "NoSuchKey", "404"):
-                return False
-            raise
-        return True
-
-    def delete(self, tag: str) -> None:
-        current = self.read()
-        if current is not None and current[1] == tag:
-            self.client.delete_object(Bucket=self.bucket, Key=self.key)
-
-
 class Lease:
     """The claim of one launcher on one run; `acquire()` before writing anything."""
 
     def __init__(self, root: str, run_id: str, ttl: float = TTL_SECONDS) -> None:
         self.uri = storage.join(layout.run_uri(root, run_id), LEASE)
-        path = storage.resolve(self.uri)[1]
-        self._objects: _Objects = _S3Object(self.uri) if self.uri.startswith("s3://") \
-            else _LocalObject(path)
+        self._objects: ConditionalObject = conditional_object(self.uri)
         self.ttl = ttl
         self.token = secrets.token_hex(8)
         self.holder: Holder | None = None
@@ -294,3 +173,16 @@ class Lease:
             with contextlib.suppress(BatchlineError):
                 self._call(lambda: self._objects.delete(self._tag), "release")
         self.holder = None
+
+
+def live_holder(root: str, run_id: str) -> Holder | None:
+    """The launcher holding a run's lease now, or None if no live launcher does."""
+    uri = storage.join(layout.run_uri(root, run_id), LEASE)
+    current = conditional_object(uri).read()
+    if current is None:
+        return None
+    try:
+        holder = Holder(**json.loads(current[0]))
+    except (ValueError, TypeError):
+        return None
+    return None if holder.gone(time.time()) else holder

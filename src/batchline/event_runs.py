@@ -1,0 +1,124 @@
+"""From an object event to exactly one started run: match, refuse, claim, start.
+
+The SQS listener (listener.py) and the Lambda handler (aws_lambda.py) both
+hand each `ObjectEvent` to `EventRunner.handle`, which returns what it did.
+Starting is idempotent: the run id comes from the object version, so a claim
+taken over after its first holder died finds whatever that holder got done (a
+manifest, a launcher) and completes it, by `resume`, never by a second run.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchline import events
+from batchline.claims import CLAIM_TTL_SECONDS, Claim, Outcome
+from batchline.client import Client
+from batchline.errors import StorageError
+from batchline.events import EventError, ObjectEvent
+from batchline.lease import live_holder
+from batchline.manifest import RunManifest, RunState
+from batchline.spec import PipelineSpec, load_spec, parse_spec
+
+log = logging.getLogger(__name__)
+
+
+class Handled(enum.StrEnum):
+    IGNORED = "ignored"  # not an object this spec watches
+    STARTED = "started"  # this caller started the run
+    DUPLICATE = "duplicate"  # the run was claimed already; nothing started
+
+
+@dataclass
+class EventRunner:
+    """Starts runs of one spec for the objects its `trigger:` watches."""
+
+    spec_path: str
+    storage: str | None = None
+    backend: str = "local"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    claim_ttl: float = CLAIM_TTL_SECONDS
+    # Test seam for kill tests: called with "claimed" and "started" (see BATCHLINE_HOLD).
+    checkpoint: Callable[[str], None] = field(default=lambda where: None)
+
+    def __post_init__(self) -> None:
+        self.spec: PipelineSpec = load_spec(self.spec_path)
+        if self.spec.trigger is None:
+            raise EventError(f"{self.spec_path}: has no trigger section; add one naming the "
+                             "bucket (and prefix/suffix) whose new objects start runs")
+        self.client = Client(self.storage)
+        self.root = self.client.root(self.spec)
+
+    def handle(self, event: ObjectEvent) -> Handled:
+        """Claim and start the run this object version asks for; EventError if the spec
+        refuses the object (retrying will not help)."""
+        assert self.spec.trigger is not None
+        if not events.matches(self.spec.trigger, event):
+            log.info("event %s: not watched by %s (bucket %s, prefix %r, suffix %r); ignored",
+                     event.describe(), self.spec.name, self.spec.trigger.bucket,
+                     self.spec.trigger.prefix, self.spec.trigger.suffix)
+            return Handled.IGNORED
+        why = events.refusal(self.spec, event)
+        if why:
+            raise EventError(f"event {event.describe()}: refused: {why}")
+        sets = events.overrides_for(self.spec, event)
+        spec = parse_spec(self.spec.model_dump(mode="json"), self.spec_path, dict(sets))
+        run_id = events.run_id_for(self.spec.name, event)
+        claim = Claim(self.root, run_id, event, ttl=self.claim_ttl)
+        outcome = claim.acquire()
+        if outcome in (Outcome.STARTED, Outcome.BUSY):
+            log.info("event %s: run %s already %s; nothing started", event.describe(), run_id,
+                     "started" if outcome is Outcome.STARTED else "being started by "
+                     f"pid {claim.record.holder.get('pid') if claim.record else '?'}")
+            return Handled.DUPLICATE
+        log.info("event %s: claimed run %s (%s)", event.describe(), run_id, outcome)
+        self.checkpoint("claimed")
+        how = self._start(spec, run_id)
+        claim.started()
+        log.info("event %s: run %s %s", event.describe(), run_id, how)
+        self.checkpoint("started")
+        return Handled.STARTED
+
+    def _start(self, spec: PipelineSpec, run_id: str) -> str:
+        """Start the run, or finish starting it where a dead claimer left off."""
+        try:
+            manifest: RunManifest | None = RunManifest.load(self.root, run_id)
+        except StorageError:
+            manifest = None
+        if manifest is None:
+            self.client.submit(spec, backend=self.backend, options=self.options,
+                               run_id=run_id)
+            return f"submitted ({self.backend})"
+        if manifest.state.ended:
+            return f"had already ended ({manifest.state})"
+        if self.backend == "kubernetes":
+            _launch_in_cluster(manifest, spec, self.options)  # a 409 keeps the one Job
+            return "launcher job ensured"
+        if live_holder(self.root, run_id) is not None or _just_submitted(manifest):
+            return "already running"
+        from batchline.client import _start_detached
+
+        _start_detached(self.root, run_id)
+        return "resumed (its launcher was gone)"
+
+
+def _just_submitted(manifest: RunManifest) -> bool:
+    # A detached launcher takes a moment to take the lease of a pending run.
+    grace = float(os.environ.get("BATCHLINE_LAUNCH_GRACE_SECONDS", "30"))
+    return manifest.state is RunState.PENDING and time.time() - manifest.created_at < grace
+
+
+def _launch_in_cluster(manifest: RunManifest, spec: PipelineSpec,
+                       options: Mapping[str, Any]) -> None:
+    from batchline.backends import validate_options
+    from batchline.backends.kubernetes_launcher import create_launcher_job
+
+    merged = {**manifest.backend_options, **dict(options)}
+    k8s = validate_options("kubernetes", merged, "--option")
+    create_launcher_job(manifest.run_id, manifest.root, spec.image("launcher"), k8s)

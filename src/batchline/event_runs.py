@@ -19,7 +19,7 @@ from typing import Any
 
 from batchline import events
 from batchline.claims import CLAIM_TTL_SECONDS, Claim, Outcome
-from batchline.client import Client
+from batchline.client import Client, start_launcher
 from batchline.errors import StorageError
 from batchline.events import EventError, ObjectEvent
 from batchline.lease import live_holder
@@ -44,7 +44,11 @@ class EventRunner:
     backend: str = "local"
     options: Mapping[str, Any] = field(default_factory=dict)
     claim_ttl: float = CLAIM_TTL_SECONDS
-    # Test seam for kill tests: called with "claimed" and "started" (see BATCHLINE_HOLD).
+    # Where each run's launcher runs: local (a detached process), kubernetes (a Job) or
+    # sagemaker (a Processing Job); default: the backend's own place, else local.
+    launcher: str = ""
+    # Test seam for kill tests: called with "claimed", "launched" (the run started, the
+    # claim not yet marked) and "started" (see listener.hold_from_env).
     checkpoint: Callable[[str], None] = field(default=lambda where: None)
 
     def __post_init__(self) -> None:
@@ -54,6 +58,9 @@ class EventRunner:
                              "bucket (and prefix/suffix) whose new objects start runs")
         self.client = Client(self.storage)
         self.root = self.client.root(self.spec)
+        if not self.launcher:
+            self.launcher = self.backend if self.backend in ("kubernetes", "sagemaker") \
+                else "local"
 
     def handle(self, event: ObjectEvent) -> Handled:
         """Claim and start the run this object version asks for; EventError if the spec
@@ -80,6 +87,7 @@ class EventRunner:
         log.info("event %s: claimed run %s (%s)", event.describe(), run_id, outcome)
         self.checkpoint("claimed")
         how = self._start(spec, run_id)
+        self.checkpoint("launched")
         claim.started()
         log.info("event %s: run %s %s", event.describe(), run_id, how)
         self.checkpoint("started")
@@ -93,32 +101,19 @@ class EventRunner:
             manifest = None
         if manifest is None:
             self.client.submit(spec, backend=self.backend, options=self.options,
-                               run_id=run_id)
-            return f"submitted ({self.backend})"
+                               run_id=run_id, launcher=self.launcher)
+            return f"submitted ({self.backend}, launcher: {self.launcher})"
         if manifest.state.ended:
             return f"had already ended ({manifest.state})"
-        if self.backend == "kubernetes":
-            _launch_in_cluster(manifest, spec, self.options)  # a 409 keeps the one Job
-            return "launcher job ensured"
-        if live_holder(self.root, run_id) is not None or _just_submitted(manifest):
+        if self.launcher == "local" and (live_holder(self.root, run_id) is not None
+                                         or _just_submitted(manifest)):
             return "already running"
-        from batchline.client import _start_detached
-
-        _start_detached(self.root, run_id)
-        return "resumed (its launcher was gone)"
+        # A launcher Job or job of the run's own name is kept if it exists (409).
+        where = start_launcher(manifest, spec.image("launcher"), self.launcher)
+        return f"resumed by {where} (its first claimer died while starting it)"
 
 
 def _just_submitted(manifest: RunManifest) -> bool:
     # A detached launcher takes a moment to take the lease of a pending run.
     grace = float(os.environ.get("BATCHLINE_LAUNCH_GRACE_SECONDS", "30"))
     return manifest.state is RunState.PENDING and time.time() - manifest.created_at < grace
-
-
-def _launch_in_cluster(manifest: RunManifest, spec: PipelineSpec,
-                       options: Mapping[str, Any]) -> None:
-    from batchline.backends import validate_options
-    from batchline.backends.kubernetes_launcher import create_launcher_job
-
-    merged = {**manifest.backend_options, **dict(options)}
-    k8s = validate_options("kubernetes", merged, "--option")
-    create_launcher_job(manifest.run_id, manifest.root, spec.image("launcher"), k8s)

@@ -307,6 +307,7 @@ def listen(
                                        "events (S3 notifications or EventBridge)")],
     storage_opt: RunStorageOpt = None,
     backend: BackendOpt = "local",
+    set_: SetOpt = None,
     option: OptionOpt = None,
     namespace: NamespaceOpt = None,
     context: ContextOpt = None,
@@ -316,8 +317,9 @@ def listen(
     max_messages: Annotated[int, typer.Option(min=0, help="stop after handling this many "
                                               "messages (0: run until SIGTERM)")] = 0,
 ) -> None:
-    """Start one run per new object that the spec's `trigger:` watches, from an SQS queue;
-    duplicates and other listeners start nothing twice. Runs until SIGTERM."""
+    """Start one run per new object that the spec's `trigger:` watches (--set
+    trigger.bucket=... fills it in), from an SQS queue; duplicates and other listeners
+    start nothing twice. Runs until SIGTERM."""
     if "BATCHLINE_LOG_LEVEL" not in os.environ:
         logging.getLogger("batchline").setLevel(logging.INFO)  # a daemon logs its events
 
@@ -327,7 +329,7 @@ def listen(
 
         runner = EventRunner(spec_path, storage_opt, backend,
                              _options(option, namespace, context, in_cluster, secret),
-                             checkpoint=hold_from_env())
+                             checkpoint=hold_from_env(), sets=_overrides(set_))
         listener = Listener(runner, queue, wait_seconds=wait_seconds,
                             max_messages=max_messages)
         stop_on_sigterm(listener)

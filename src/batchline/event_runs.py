@@ -47,12 +47,14 @@ class EventRunner:
     # Where each run's launcher runs: local (a detached process), kubernetes (a Job) or
     # sagemaker (a Processing Job); default: the backend's own place, else local.
     launcher: str = ""
+    # `--set` overrides of the spec (the trigger's bucket per environment, say).
+    sets: Mapping[str, Any] = field(default_factory=dict)
     # Test seam for kill tests: called with "claimed", "launched" (the run started, the
     # claim not yet marked) and "started" (see listener.hold_from_env).
     checkpoint: Callable[[str], None] = field(default=lambda where: None)
 
     def __post_init__(self) -> None:
-        self.spec: PipelineSpec = load_spec(self.spec_path)
+        self.spec: PipelineSpec = load_spec(self.spec_path, dict(self.sets))
         if self.spec.trigger is None:
             raise EventError(f"{self.spec_path}: has no trigger section; add one naming the "
                              "bucket (and prefix/suffix) whose new objects start runs")

@@ -589,6 +589,12 @@ def test_submit_creates_one_hardened_launcher_job_that_resumes_the_run(
             kubernetes_validate.validate(job, version, strict=True)
         _check_names_and_labels("launcher job", job)
         _assert_hardened("launcher job", job["spec"]["template"])
+        # An evicted or preempted launcher pod is replaced (and resumes the run); any
+        # other failure ends the Job, and the run is resumed by hand or by its events.
+        assert job["spec"]["backoffLimit"] == 0
+        assert job["spec"]["podFailurePolicy"] == {"rules": [
+            {"action": "Ignore",
+             "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]}
         pod = job["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == "batchline-launcher"
         container = pod["containers"][0]

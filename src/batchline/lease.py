@@ -104,8 +104,24 @@ class Lease:
             raise StorageUnavailable(f"cannot {what} the run's lease {self.uri}: "
                                      f"{outage_advice()} ({exc})") from exc
 
-    def acquire(self) -> Holder:
-        """Claim the run, taking over from a holder that is gone; RunLocked otherwise."""
+    def acquire(self, wait: float = 0.0) -> Holder:
+        """Claim the run, taking over from a holder that is gone; RunLocked otherwise.
+
+        `wait` seconds: how long to wait for a holder on another host to expire (a
+        launcher pod replaced after an eviction, whose predecessor could not release);
+        a holder still renewing when the wait ends is RunLocked all the same."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._acquire_once()
+            except RunLocked as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                log.info("%s; waiting up to %.0f s for it to expire", exc, left)
+                time.sleep(min(left, 1.0))
+
+    def _acquire_once(self) -> Holder:
         mine = self._holder()
         data = json.dumps(asdict(mine)).encode()
         for _ in range(5):

@@ -14,6 +14,7 @@ import subprocess
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -152,7 +153,8 @@ def test_a_put_starts_one_run_matching_a_manual_run(tmp_path: Path, small_csv: b
 
 def test_one_message_delivered_ten_times_starts_one_run(tmp_path: Path, small_csv: bytes,
                                                         listeners: Listeners,
-                                                        moto_server: str) -> None:
+                                                        moto_server: str,
+                                                        record_property: Any) -> None:
     source = wire("eventbridge")
     boto3.client("s3").put_object(Bucket=source.bucket, Key="in/once.csv", Body=small_csv)
     (body,) = drain(source.queue_url)  # the real EventBridge event moto delivered
@@ -167,17 +169,25 @@ def test_one_message_delivered_ten_times_starts_one_run(tmp_path: Path, small_cs
     (run_id,) = _all_ended(root, 1)
     assert run_id == run_id_for("readmission", parse_message(body)[0])
     done = listeners.stop()
-    print(f"ten deliveries: {dict(done)}")
-    assert done == Counter({"started": 1, "duplicate": 9})
+    runs = len(list_runs(root)[0])
+    record_property("counts", f"10 deliveries, 2 listeners: {runs} run; messages "
+                              f"{dict(sorted(done.items()))}; queue (visible, in flight) "
+                              f"{counts(target.queue_url)}, dead letters {counts(target.dlq_url)}")
+    assert done["started"] == 1 and done["duplicate"] >= 9 and set(done) <= {"started",
+                                                                            "duplicate"}
     assert counts(target.queue_url) == (0, 0) and counts(target.dlq_url) == (0, 0)
 
 
 def test_four_listeners_twenty_objects_twenty_runs(tmp_path: Path, small_csv: bytes,
-                                                   listeners: Listeners, s3_bucket: str,
-                                                   moto_server: str) -> None:
-    wiring = wire("s3")
+                                                   listeners: Listeners,
+                                                   moto_server: str,
+                                                   record_property: Any) -> None:
+    # A visibility timeout long enough that a busy machine rarely sees a redelivery (one
+    # is harmless: it finds the claim); storage local, so the 20 runs do not queue up on
+    # the moto server (test_claims races claimers on S3).
+    wiring = wire("s3", visibility=10)
     spec = _spec(tmp_path, wiring.bucket)
-    root = f"{s3_bucket}/store"  # claims on S3: the conditional create across processes
+    root = str(tmp_path / "store")
     s3 = boto3.client("s3")
     for i in range(20):
         s3.put_object(Bucket=wiring.bucket, Key=f"in/part-{i:02d}.csv", Body=small_csv)
@@ -190,13 +200,19 @@ def test_four_listeners_twenty_objects_twenty_runs(tmp_path: Path, small_csv: by
     eventually(lambda: _drained(wiring.queue_url), 120, "forty-two messages handled")
     ids = _all_ended(root, 20, timeout=120)
     done = listeners.stop()
-    print(f"4 listeners, 20 objects, 42 messages: {dict(done)} in "
-          f"{time.monotonic() - started:.1f}s")
+    record_property("counts", f"4 listeners, 20 objects, 42 messages: {len(ids)} runs; "
+                              f"messages {dict(sorted(done.items()))}; queue (visible, in "
+                              f"flight) {counts(wiring.queue_url)}, dead letters "
+                              f"{counts(wiring.dlq_url)}; {time.monotonic() - started:.0f} s")
     assert len(ids) == 20
-    assert done == Counter({"started": 20, "duplicate": 20, "ignored": 2})
+    # Each of the 42 messages handled at least once (a redelivery adds a duplicate),
+    # and exactly one start per object.
+    assert done["started"] == 20 and done["ignored"] >= 2 and done["duplicate"] >= 20
+    assert set(done) == {"started", "duplicate", "ignored"}
     assert counts(wiring.queue_url) == (0, 0) and counts(wiring.dlq_url) == (0, 0)
-    claims = storage.list_dir(storage.join(root, "claims"))
-    assert sorted(c.removesuffix(".json") for c in claims) == sorted(ids)
+    claims = storage.list_dir(storage.join(root, "claims"))  # (+ the local lock files)
+    assert sorted(c.removesuffix(".json") for c in claims if c.endswith(".json")) == \
+        sorted(ids)
 
 
 @pytest.mark.parametrize("where", ["claimed", "started"])
@@ -234,7 +250,8 @@ def test_a_listener_killed_mid_message_starts_nothing_twice(where: str, tmp_path
 def test_poison_goes_to_the_dead_letter_queue_and_others_flow(tmp_path: Path,
                                                              small_csv: bytes,
                                                              listeners: Listeners,
-                                                             moto_server: str) -> None:
+                                                             moto_server: str,
+                                                             record_property: Any) -> None:
     wiring = wire("s3", max_receives=2, visibility=1)
     drain(wiring.queue_url)  # moto's s3:TestEvent
     send(wiring.queue_url, "this is not an event")
@@ -250,6 +267,9 @@ def test_poison_goes_to_the_dead_letter_queue_and_others_flow(tmp_path: Path,
     eventually(lambda: _drained(wiring.queue_url), 30, "the good message handled")
     assert len(_all_ended(root, 1)) == 1
     done = listeners.stop()
+    record_property("counts", f"2 poison + 1 good message, maxReceiveCount 2: messages "
+                              f"{dict(sorted(done.items()))}; dead letters "
+                              f"{counts(wiring.dlq_url)}")
     assert done["started"] == 1 and done["poison"] == 4  # two messages, two receives each
     log = listeners.log(0)
     assert "poison message" in log and "not JSON" in log

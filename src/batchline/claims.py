@@ -23,10 +23,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from batchline import layout, storage
-from batchline.conditional import ConditionalObject, conditional_object
+from batchline.conditional import ConditionalObject, conditional_object, guarded_call
 from batchline.errors import BatchlineError
 from batchline.events import ObjectEvent
 from batchline.lease import Holder
+from batchline.retry import Retry
 
 log = logging.getLogger(__name__)
 # How long a claim may stay `claimed` before another listener may take it over: a
@@ -64,17 +65,21 @@ class Claim:
         self.holder = Holder(secrets.token_hex(8), socket.gethostname(), os.getpid(),
                              time.time(), time.time(), ttl)
         self._objects: ConditionalObject = conditional_object(self.uri)
+        self._retry = Retry(seconds=30.0)
         self._tag = ""
         self.record: ClaimRecord | None = None
+
+    def _call(self, fn: Any, what: str) -> Any:
+        return guarded_call(self._retry, fn, what, self.uri, "the run's claim")
 
     def acquire(self) -> Outcome:
         """Claim the run: WON or TAKEN_OVER (start it), STARTED or BUSY (do nothing)."""
         mine = ClaimRecord(self.run_id, {"uri": self.event.uri, **asdict(self.event)},
                            "claimed", asdict(self.holder), time.time())
         for _ in range(5):
-            if self._objects.create(_dump(mine)):
+            if self._call(lambda: self._objects.create(_dump(mine)), "create"):
                 return self._hold(mine, Outcome.WON)
-            current = self._objects.read()
+            current = self._call(self._objects.read, "read")
             if current is None:
                 continue  # deleted meanwhile (by hand): create again
             raw, tag = current
@@ -90,7 +95,8 @@ class Claim:
                                    "takeovers": [*(other.takeovers if other else []),
                                                  {"from": other.holder if other else None,
                                                   "at": time.time()}]})
-            if self._objects.replace(_dump(taken), tag):
+            if self._call(lambda tag=tag, taken=taken: self._objects.replace(_dump(taken), tag),
+                          "take over"):
                 log.warning("claim %s: took over from %s, which died before starting the run",
                             self.uri, _who(other))
                 return self._hold(taken, Outcome.TAKEN_OVER)
@@ -98,7 +104,7 @@ class Claim:
 
     def _hold(self, record: ClaimRecord, outcome: Outcome) -> Outcome:
         self.record = record
-        current = self._objects.read()
+        current = self._call(self._objects.read, "read")
         self._tag = current[1] if current else ""
         return outcome
 
@@ -107,7 +113,7 @@ class Claim:
         assert self.record is not None
         done = ClaimRecord(**{**asdict(self.record), "state": "started",
                               "started_at": time.time()})
-        if not self._objects.replace(_dump(done), self._tag):
+        if not self._call(lambda: self._objects.replace(_dump(done), self._tag), "mark"):
             # Taken over while we started it: the taker found the manifest (or will)
             # and starts nothing twice; its record says started soon enough.
             log.warning("claim %s: changed by another listener while starting the run",

@@ -16,7 +16,9 @@ import os
 from typing import Any
 
 from batchline import storage
-from batchline.errors import BatchlineError
+from batchline.errors import BatchlineError, StorageMisconfigured, StorageUnavailable
+from batchline.retry import Retry
+from batchline.storage_errors import misconfiguration, outage_advice
 
 # S3's answers to a failed condition (412, or 409 when two conditional writes race).
 _CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412")
@@ -143,3 +145,19 @@ def conditional_object(uri: str) -> ConditionalObject:
     if uri.startswith("s3://"):
         return S3Object(uri)
     return LocalObject(storage.resolve(uri)[1])
+
+
+def guarded_call(retry: Retry, fn: Any, what: str, uri: str, subject: str) -> Any:
+    """`fn()` on a conditional object, retried while storage fails transiently; a failure
+    that outlasts the retries is StorageUnavailable, a wrong setting StorageMisconfigured,
+    each naming `subject` ("the run's lease") and the URI."""
+    try:
+        return retry.call(fn, what, uri)
+    except (StorageUnavailable, StorageMisconfigured):
+        raise
+    except Exception as exc:  # boto3 errors that outlasted its own retries
+        wrong = misconfiguration(exc, f"{what} {subject}", uri)
+        if wrong is not None:
+            raise wrong from exc
+        raise StorageUnavailable(f"cannot {what} {subject} {uri}: {outage_advice()} "
+                                 f"({exc})") from exc

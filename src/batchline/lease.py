@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from batchline import layout, storage
-from batchline.conditional import ConditionalObject, conditional_object
-from batchline.errors import BatchlineError, StorageMisconfigured, StorageUnavailable
+from batchline.conditional import ConditionalObject, conditional_object, guarded_call
+from batchline.errors import BatchlineError
 from batchline.retry import Retry
-from batchline.storage_errors import misconfiguration, outage_advice
 
 log = logging.getLogger(__name__)
 LEASE = "lease.json"
@@ -93,16 +92,7 @@ class Lease:
                       self.ttl)
 
     def _call(self, fn: Any, what: str) -> Any:
-        try:
-            return self._retry.call(fn, what, self.uri)
-        except (StorageUnavailable, StorageMisconfigured):
-            raise
-        except Exception as exc:  # boto3 errors that outlasted its own retries
-            wrong = misconfiguration(exc, f"{what} the run's lease", self.uri)
-            if wrong is not None:
-                raise wrong from exc
-            raise StorageUnavailable(f"cannot {what} the run's lease {self.uri}: "
-                                     f"{outage_advice()} ({exc})") from exc
+        return guarded_call(self._retry, fn, what, self.uri, "the run's lease")
 
     def acquire(self, wait: float = 0.0) -> Holder:
         """Claim the run, taking over from a holder that is gone; RunLocked otherwise.

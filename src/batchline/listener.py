@@ -102,6 +102,10 @@ class Listener:
                           "after its visibility timeout", message.get("MessageId"), receives,
                           exc)
                 return self._count("failed")
+            except Exception:  # a bug or an SDK's surprise: one message, not the listener
+                log.exception("message %s (receive %s): unexpected error; it comes back after "
+                              "its visibility timeout", message.get("MessageId"), receives)
+                return self._count("failed")
         outcome = _summary(handled)
         try:
             self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt)

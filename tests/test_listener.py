@@ -22,11 +22,13 @@ import yaml
 from conftest import BATCHLINE, SPEC, eventually, fingerprints, run_cli
 from s3_events import counts, drain, send, wire
 
-from batchline import storage
+from batchline import layout, storage
+from batchline.claims import Claim, Outcome
 from batchline.client import Client
 from batchline.demo_data import generate
-from batchline.events import parse_message, run_id_for
-from batchline.manifest import RunState, list_runs
+from batchline.events import overrides_for, parse_message, run_id_for
+from batchline.manifest import RunManifest, RunState, list_runs
+from batchline.spec import load_spec
 
 pytestmark = pytest.mark.slow
 FAST = {"num_boost_round": 20, "early_stopping_rounds": 5}
@@ -276,3 +278,31 @@ def test_poison_goes_to_the_dead_letter_queue_and_others_flow(tmp_path: Path,
     assert "glob character" in log and "s3://" in log and "part[1].csv" in log
     dead = sorted(drain(wiring.dlq_url))
     assert dead == sorted(["this is not an event", json.dumps(refused)])
+
+
+def test_a_started_run_whose_launcher_died_is_resumed_by_a_later_delivery(
+        tmp_path: Path, small_csv: bytes, listeners: Listeners, moto_server: str) -> None:
+    wiring = wire("eventbridge")
+    spec_path = _spec(tmp_path, wiring.bucket)
+    boto3.client("s3").put_object(Bucket=wiring.bucket, Key="in/late.csv", Body=small_csv)
+    (body,) = drain(wiring.queue_url)
+    event = parse_message(body)[0]
+    run_id, root = run_id_for("readmission", event), str(tmp_path / "store")
+    # The run as a listener left it: claimed, started, its manifest pending; and then its
+    # launcher died without a word (no lease, a heartbeat an hour old: `stale`).
+    spec = load_spec(spec_path, overrides_for(load_spec(spec_path), event))
+    manifest = RunManifest.new(root, run_id, spec.name, "local", spec.model_dump(mode="json"),
+                               ["ingest"])
+    manifest.created_at = manifest.updated_at = manifest.heartbeat_at = time.time() - 3600
+    storage.write_text(layout.manifest_uri(root, run_id), manifest.model_dump_json())
+    claim = Claim(root, run_id, event)
+    assert claim.acquire() is Outcome.WON
+    claim.started()
+    send(wiring.queue_url, body)  # a late duplicate of its event
+    listeners.start(spec_path, wiring.queue_url, root)
+    eventually(lambda: _drained(wiring.queue_url), 30, "the late delivery handled")
+    eventually(lambda: Client(root).status(run_id).shown_state() != "stale", 30,
+               "a launcher on the run again")
+    assert _all_ended(root, 1) == [run_id]  # resumed to its end: the same run, no other
+    assert listeners.stop() == Counter({"resumed": 1})
+    assert "had lost its launcher; resumed" in listeners.log(0)

@@ -33,6 +33,7 @@ class Handled(enum.StrEnum):
     IGNORED = "ignored"  # not an object this spec watches
     STARTED = "started"  # this caller started the run
     DUPLICATE = "duplicate"  # the run was claimed already; nothing started
+    RESUMED = "resumed"  # the run was started once, and its launcher died: resumed
 
 
 @dataclass
@@ -81,6 +82,10 @@ class EventRunner:
         run_id = events.run_id_for(self.spec.name, event)
         claim = Claim(self.root, run_id, event, ttl=self.claim_ttl)
         outcome = claim.acquire()
+        if outcome is Outcome.STARTED and self._revive(spec, run_id):
+            log.warning("event %s: run %s had lost its launcher; resumed", event.describe(),
+                        run_id)
+            return Handled.RESUMED
         if outcome in (Outcome.STARTED, Outcome.BUSY):
             log.info("event %s: run %s already %s; nothing started", event.describe(), run_id,
                      "started" if outcome is Outcome.STARTED else "being started by "
@@ -94,6 +99,18 @@ class EventRunner:
         log.info("event %s: run %s %s", event.describe(), run_id, how)
         self.checkpoint("started")
         return Handled.STARTED
+
+    def _revive(self, spec: PipelineSpec, run_id: str) -> bool:
+        """Resume a started run whose launcher died (stale, no live lease holder): a
+        later delivery of its event takes it over by `resume`, never by a second run."""
+        try:
+            manifest = RunManifest.load(self.root, run_id)
+        except StorageError:
+            return False
+        if manifest.shown_state() != "stale" or live_holder(self.root, run_id) is not None:
+            return False
+        start_launcher(manifest, spec.image("launcher"), self.launcher)
+        return True
 
     def _start(self, spec: PipelineSpec, run_id: str) -> str:
         """Start the run, or finish starting it where a dead claimer left off."""

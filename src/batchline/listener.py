@@ -122,10 +122,9 @@ class Listener:
 
 
 def _summary(handled: list[Handled]) -> str:
-    if Handled.STARTED in handled:
-        return str(Handled.STARTED)
-    if Handled.DUPLICATE in handled:
-        return str(Handled.DUPLICATE)
+    for outcome in (Handled.STARTED, Handled.RESUMED, Handled.DUPLICATE):
+        if outcome in handled:
+            return str(outcome)
     return str(Handled.IGNORED)
 
 

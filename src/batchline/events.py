@@ -21,11 +21,14 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
 from batchline.errors import SpecError
 from batchline.layout import check_run_id
+
+if TYPE_CHECKING:
+    from batchline.spec import PipelineSpec, TriggerSpec
 
 # A key ingest would read as a glob, not as this one object.
 _GLOB = re.compile(r"[*?\[]")
@@ -140,13 +143,13 @@ def _get(node: Any, path: tuple[str, ...], where: str) -> Any:
     return node
 
 
-def matches(trigger: Any, event: ObjectEvent) -> bool:
+def matches(trigger: TriggerSpec, event: ObjectEvent) -> bool:
     """Whether a spec's `trigger:` watches this object (bucket, prefix, suffix)."""
     return (event.bucket == trigger.bucket and event.key.startswith(trigger.prefix)
             and event.key.endswith(trigger.suffix))
 
 
-def refusal(spec: Any, event: ObjectEvent) -> str | None:
+def refusal(spec: PipelineSpec, event: ObjectEvent) -> str | None:
     """Why a watched object cannot start a run of `spec`, or None if it can."""
     stage, param = spec.trigger_target()
     if event.key.endswith("/"):
@@ -164,7 +167,7 @@ def refusal(spec: Any, event: ObjectEvent) -> str | None:
     return None
 
 
-def overrides_for(spec: Any, event: ObjectEvent) -> dict[str, str]:
+def overrides_for(spec: PipelineSpec, event: ObjectEvent) -> dict[str, str]:
     """The `--set` overrides that make `spec` read this object."""
     stage, param = spec.trigger_target()
     return {f"stages.{stage}.params.{param}": event.uri}

@@ -166,3 +166,18 @@ def test_format_unknown_from_the_key_is_refused(tmp_path: Path) -> None:
     assert refusal(spec, ObjectEvent("hospital-drops", "encounters/x.csv.gz")) is None
     assert "cannot tell the format" in str(
         refusal(spec, ObjectEvent("hospital-drops", "encounters/x.xlsx")))
+
+
+def test_parsing_and_claims_need_no_boto3() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, json; sys.modules['boto3'] = None; sys.modules['botocore'] = None\n"
+            "from batchline.events import parse_message, run_id_for\n"
+            "from batchline.claims import Claim\n"
+            f"(e,) = parse_message(json.dumps({AWS_EVENTBRIDGE!r}))\n"
+            "print(run_id_for('readmission', e))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert RUN_ID.fullmatch(done.stdout.strip())

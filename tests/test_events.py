@@ -181,3 +181,15 @@ def test_parsing_and_claims_need_no_boto3() -> None:
                           check=False)
     assert done.returncode == 0, done.stderr
     assert RUN_ID.fullmatch(done.stdout.strip())
+
+
+def test_listen_refuses_a_spec_without_trigger_and_bad_options(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    plain = run_cli("listen", str(SPEC), "--queue", "https://sqs.us-east-1.amazonaws.com/1/q")
+    assert plain.returncode == 2 and "has no trigger section" in plain.stderr
+    wrong = run_cli("listen", str(SPEC), "--queue", "https://sqs.us-east-1.amazonaws.com/1/q",
+                    "--set", "trigger.bucket=hospital-drops", "--storage", str(tmp_path),
+                    "--backend", "kubernetes", "-o", "namespace=Bad_NS")
+    assert wrong.returncode == 2 and "--option.namespace: 'Bad_NS'" in wrong.stderr
+    assert "Traceback" not in plain.stderr + wrong.stderr

@@ -61,6 +61,12 @@ class EventRunner:
                              "bucket (and prefix/suffix) whose new objects start runs")
         self.client = Client(self.storage)
         self.root = self.client.root(self.spec)
+        # A wrong backend option is this listener's fault, not any message's: say so now,
+        # not by sending every message to the dead-letter queue.
+        from batchline.backends import validate_options
+
+        validate_options(self.backend, {**self.spec.backend_options(self.backend),
+                                        **dict(self.options)}, "--option")
         if not self.launcher:
             self.launcher = self.backend if self.backend in ("kubernetes", "sagemaker") \
                 else "local"

@@ -28,7 +28,7 @@ from typing import Any
 
 from batchline.errors import SpecError
 from batchline.event_runs import EventRunner
-from batchline.events import parse_event
+from batchline.events import parse_event, run_id_for
 
 log = logging.getLogger(__name__)
 _RUNNERS: dict[tuple[str, ...], EventRunner] = {}
@@ -61,8 +61,6 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     what was done (started, duplicate, ignored) and the run id."""
     logging.getLogger("batchline").setLevel(os.environ.get("BATCHLINE_LOG_LEVEL", "INFO"))
     runner = runner_from_env()
-    from batchline.events import run_id_for
-
     done = []
     for obj in parse_event(event):
         outcome = runner.handle(obj)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from batchline.manifest import RunManifest, RunState
 from batchline.spec import PipelineSpec, load_spec, parse_spec
 
 log = logging.getLogger(__name__)
+LAUNCH_GRACE_SECONDS = 30.0
 
 
 class Handled(enum.StrEnum):
@@ -140,5 +140,5 @@ class EventRunner:
 
 def _just_submitted(manifest: RunManifest) -> bool:
     # A detached launcher takes a moment to take the lease of a pending run.
-    grace = float(os.environ.get("BATCHLINE_LAUNCH_GRACE_SECONDS", "30"))
-    return manifest.state is RunState.PENDING and time.time() - manifest.created_at < grace
+    return manifest.state is RunState.PENDING and \
+        time.time() - manifest.created_at < LAUNCH_GRACE_SECONDS

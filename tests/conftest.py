@@ -230,3 +230,15 @@ def sagemaker_backend(**options: object) -> object:
 
     return SageMakerBackend(role_arn=SAGEMAKER_ROLE, poll_seconds=0.2,
                             session=boto3.Session(region_name="us-east-1"), **options)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """What the event tests counted (record_property("counts", ...)), shown in every run's
+    summary, CI's included: how many runs, duplicates and poison messages each one saw."""
+    lines = [f"{report.nodeid}: {value}"
+             for report in terminalreporter.stats.get("passed", [])
+             for key, value in getattr(report, "user_properties", []) if key == "counts"]
+    if lines:
+        terminalreporter.write_sep("-", "event-triggered runs: counts")
+        for line in lines:
+            terminalreporter.write_line(line)

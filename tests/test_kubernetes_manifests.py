@@ -48,6 +48,9 @@ ALLOWED_RULES = {
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get"},
 }
+# The listener (k8s/base/listener.yaml) creates launcher Jobs and nothing else.
+ROLES = {"batchline-launcher": ALLOWED_RULES,
+         "batchline-listener": {("batch", "jobs"): {"create"}}}
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -232,7 +235,7 @@ def test_every_manifest_validates_against_the_schema(
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{where} is invalid for Kubernetes {version}: {exc.message}")
         checked += 1
-    # 4 builders; base/dev/prod each render 8 objects.
+    # 4 builders; base/dev/prod each render 12 objects.
     assert checked == len(BUILDERS) + sum(len(d) for d in rendered.values())
 
 
@@ -245,7 +248,9 @@ def test_each_render_has_the_expected_objects(rendered: dict[str, list[dict[str,
             f"Namespace/{NAMESPACES[target]}", "ServiceAccount/batchline-launcher",
             "ServiceAccount/batchline-stage", "Role/batchline-launcher",
             "RoleBinding/batchline-launcher", f"ConfigMap/{spec_map}", "Job/batchline-run",
-            "CronJob/batchline-nightly"]), target
+            "CronJob/batchline-nightly", "ServiceAccount/batchline-listener",
+            "Role/batchline-listener", "RoleBinding/batchline-listener",
+            "Deployment/batchline-listener"]), target
         for doc in docs:
             if doc["kind"] != "Namespace":
                 assert doc["metadata"]["namespace"] == NAMESPACES[target], (target, doc["kind"])
@@ -254,38 +259,41 @@ def test_each_render_has_the_expected_objects(rendered: dict[str, list[dict[str,
 def test_rbac_is_exactly_least_privilege(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for target, docs in rendered.items():
         assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")], target
-        roles = [d for d in docs if d["kind"] == "Role"]
-        assert [r["metadata"]["name"] for r in roles] == ["batchline-launcher"], target
-        granted: dict[tuple[str, str], set[str]] = {}
-        for rule in roles[0]["rules"]:
-            assert set(rule) <= {"apiGroups", "resources", "verbs"}, (
-                f"{target}: rule uses {sorted(set(rule))} (resourceNames, nonResourceURLs?)")
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    key = (group, resource)
-                    assert "*" not in (group, resource, *rule["verbs"]), f"{target}: wildcard"
-                    assert key in ALLOWED_RULES, f"{target}: the launcher may not touch {key}"
-                    granted.setdefault(key, set()).update(rule["verbs"])
-        assert granted == ALLOWED_RULES, f"{target}: {granted}"
+        roles = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Role"}
+        assert sorted(roles) == sorted(ROLES), target
+        for name, allowed in ROLES.items():
+            granted: dict[tuple[str, str], set[str]] = {}
+            for rule in roles[name]["rules"]:
+                assert set(rule) <= {"apiGroups", "resources", "verbs"}, (
+                    f"{target}: rule uses {sorted(set(rule))} (resourceNames, nonResourceURLs?)")
+                for group in rule["apiGroups"]:
+                    for resource in rule["resources"]:
+                        key = (group, resource)
+                        assert "*" not in (group, resource, *rule["verbs"]), f"{target}: *"
+                        assert key in allowed, f"{target}: {name} may not touch {key}"
+                        granted.setdefault(key, set()).update(rule["verbs"])
+            assert granted == allowed, f"{target} {name}: {granted}"
 
-        bindings = [d for d in docs if d["kind"] == "RoleBinding"]
-        assert len(bindings) == 1, target
-        binding = bindings[0]
-        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                      "name": "batchline-launcher"}
-        # The subject's namespace must be this render's, or the Role would be
-        # granted to an account in another namespace (kustomize does not fix it).
-        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "batchline-launcher",
-                                        "namespace": NAMESPACES[target]}], target
+        bindings = {d["metadata"]["name"]: d for d in docs if d["kind"] == "RoleBinding"}
+        assert sorted(bindings) == sorted(ROLES), target
+        for name, binding in bindings.items():
+            assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io",
+                                          "kind": "Role", "name": name}
+            # The subject's namespace must be this render's, or the Role would be
+            # granted to an account in another namespace (kustomize does not fix it).
+            assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name,
+                                            "namespace": NAMESPACES[target]}], target
 
 
 def test_service_accounts(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for docs in rendered.values():
         launcher = _one(docs, "ServiceAccount", "batchline-launcher")
         stage = _one(docs, "ServiceAccount", "batchline-stage")
+        listener = _one(docs, "ServiceAccount", "batchline-listener")
         assert launcher["automountServiceAccountToken"] is True
+        assert listener["automountServiceAccountToken"] is True
         assert stage["automountServiceAccountToken"] is False
-        for account in (launcher, stage):
+        for account in (launcher, stage, listener):
             arn = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
             assert re.fullmatch(r"arn:aws:iam::\d{12}:role/[\w+=,.@-]+", arn), arn
         # The spec the launcher reads names the stage account the stage Jobs use.
@@ -372,6 +380,39 @@ def test_launcher_runs_the_pipeline(rendered: dict[str, list[dict[str, Any]]]) -
                    {"stages.ingest.params.source": env["BATCHLINE_SOURCE"]["value"],
                     "storage": env["BATCHLINE_STORAGE"]["value"]})
         assert spec_map["data"]["readmission.yaml"] == SPEC.read_text(encoding="utf-8")
+
+
+def test_listener_deployment_listens_for_the_spec(
+        rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for target, docs in rendered.items():
+        deployment = _one(docs, "Deployment", "batchline-listener")
+        template = deployment["spec"]["template"]
+        assert deployment["spec"]["replicas"] == 1  # enough; two are safe (the claims)
+        assert deployment["spec"]["selector"]["matchLabels"].items() <= \
+            template["metadata"]["labels"].items()
+        pod = template["spec"]
+        assert "restartPolicy" not in pod  # a Deployment's pods restart (Always)
+        _assert_hardened(f"{target} listener", {"spec": {**pod, "restartPolicy": "Never"}})
+        assert pod["serviceAccountName"] == "batchline-listener"
+        assert pod["terminationGracePeriodSeconds"] >= 30  # a long poll and one start
+        (container,) = pod["containers"]
+        assert container["image"] == "localhost/batchline-launcher:0.1.0"
+        assert container["args"][:2] == ["listen", "/etc/batchline/readmission.yaml"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert "--queue" in container["args"] and "$(BATCHLINE_QUEUE_URL)" in container["args"]
+        assert env["BATCHLINE_QUEUE_URL"].startswith("https://sqs.")
+        suffix = "" if target == "base" else f"{target}-"
+        assert env["BATCHLINE_STORAGE"] == f"s3://CHANGE-ME-{suffix}bucket/batchline"
+        # The mounted spec plus the listener's --set is a spec with a valid trigger.
+        spec_map = _one(docs, "ConfigMap")
+        spec = parse_spec(yaml.safe_load(spec_map["data"]["readmission.yaml"]), "configmap",
+                          {"trigger.bucket": env["BATCHLINE_TRIGGER_BUCKET"],
+                           "trigger.prefix": env["BATCHLINE_TRIGGER_PREFIX"],
+                           "storage": env["BATCHLINE_STORAGE"]})
+        assert spec.trigger_target() == ("ingest", "source")
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/etc/batchline")
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes[mount["name"]]["configMap"]["name"] == spec_map["metadata"]["name"]
 
 
 def _quantity(value: str) -> float:
@@ -548,6 +589,12 @@ def test_submit_creates_one_hardened_launcher_job_that_resumes_the_run(
             kubernetes_validate.validate(job, version, strict=True)
         _check_names_and_labels("launcher job", job)
         _assert_hardened("launcher job", job["spec"]["template"])
+        # An evicted or preempted launcher pod is replaced (and resumes the run); any
+        # other failure ends the Job, and the run is resumed by hand or by its events.
+        assert job["spec"]["backoffLimit"] == 0
+        assert job["spec"]["podFailurePolicy"] == {"rules": [
+            {"action": "Ignore",
+             "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]}
         pod = job["spec"]["template"]["spec"]
         assert pod["serviceAccountName"] == "batchline-launcher"
         container = pod["containers"][0]

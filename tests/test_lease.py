@@ -79,3 +79,22 @@ def test_a_launcher_whose_lease_was_taken_finds_out(root: str) -> None:
     paused.release()  # must not delete the taker's lease
     assert json.loads(storage.read_text(taker.uri))["token"] == taker.token
     taker.release()
+
+
+def test_a_replacement_launcher_waits_for_its_predecessors_lease(root: str) -> None:
+    # A launcher pod evicted without releasing: another host's lease, renewed just now.
+    gone_soon = {"token": "x", "host": "evicted-pod", "pid": 1, "acquired_at": time.time(),
+                 "renewed_at": time.time(), "ttl": 1.0}
+    storage.write_text(Lease(root, "r1").uri, json.dumps(gone_soon))
+    with pytest.raises(RunLocked, match="launcher pid 1 on evicted-pod"):
+        Lease(root, "r1").acquire()  # no wait: refused at once, as before
+    started = time.monotonic()
+    lease = Lease(root, "r1")
+    assert lease.acquire(wait=10).host == socket.gethostname()
+    assert 0.5 < time.monotonic() - started < 5  # waited for the expiry, not the whole wait
+    lease.release()
+    live = Lease(root, "r2")
+    live.acquire()  # renewing: a wait ends in RunLocked all the same
+    with pytest.raises(RunLocked):
+        Lease(root, "r2").acquire(wait=1.5)
+    live.release()

@@ -39,6 +39,7 @@ NOT_RUN = {
     "podman run": "needs the built images; test_images runs them this way",
     "aws ": "needs an AWS account (ECR login, IAM roles)",
     "for s in": "pushes images to ECR: needs an AWS account",
+    "batchline listen": "runs until SIGTERM; test_listener runs it against moto's SQS",
 }
 # Placeholders a reader fills in, and sizes made small for the test.
 SUBSTITUTIONS = {"--rows 1000000": "--rows 6000", " SPEC ": " jobs/readmission.yaml ",

@@ -302,6 +302,44 @@ def resume(
     _follow(start, as_json)
 
 
+@app.command()
+def listen(
+    spec_path: SpecArg,
+    queue: Annotated[str, typer.Option("--queue", help="SQS queue URL receiving the bucket's "
+                                       "events (S3 notifications or EventBridge)")],
+    storage_opt: RunStorageOpt = None,
+    backend: BackendOpt = "local",
+    set_: SetOpt = None,
+    option: OptionOpt = None,
+    namespace: NamespaceOpt = None,
+    context: ContextOpt = None,
+    in_cluster: InClusterOpt = False,
+    secret: SecretOpt = None,
+    wait_seconds: Annotated[int, typer.Option(min=0, max=20, help="SQS long-poll wait")] = 20,
+    max_messages: Annotated[int, typer.Option(min=0, help="stop after handling this many "
+                                              "messages (0: run until SIGTERM)")] = 0,
+) -> None:
+    """Start one run per new object that the spec's `trigger:` watches (--set
+    trigger.bucket=... fills it in), from an SQS queue; duplicates and other listeners
+    start nothing twice. Runs until SIGTERM."""
+    if "BATCHLINE_LOG_LEVEL" not in os.environ:
+        logging.getLogger("batchline").setLevel(logging.INFO)  # a daemon logs its events
+
+    def body() -> None:
+        from batchline.event_runs import EventRunner
+        from batchline.listener import Listener, hold_from_env, stop_on_sigterm
+
+        runner = EventRunner(spec_path, storage_opt, backend,
+                             _options(option, namespace, context, in_cluster, secret),
+                             checkpoint=hold_from_env(), sets=_overrides(set_))
+        listener = Listener(runner, queue, wait_seconds=wait_seconds,
+                            max_messages=max_messages)
+        stop_on_sigterm(listener)
+        counts = listener.run()
+        _say(json.dumps(dict(counts), sort_keys=True))
+    _guard(body)
+
+
 # -- following runs ------------------------------------------------------------------------
 @app.command()
 def wait(run_id: RunArg, storage_opt: StorageOpt = None, timeout: TimeoutOpt = None,

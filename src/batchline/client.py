@@ -104,13 +104,15 @@ class Client:
                stages: Iterable[str] | None = None, backend: str = "local",
                options: Mapping[str, Any] | None = None, run_id: str | None = None,
                force: Iterable[str] | None = None, no_cache: bool = False,
-               verify: bool = False) -> str:
+               verify: bool = False, launcher: str | None = None) -> str:
         """Start a run and return its id at once; `wait` follows it.
 
         The run's manifest is written first (pending, with the spec frozen in
         it), then a launcher resumes it: a process detached from this one, or
-        with `backend="kubernetes"` a launcher Job in the cluster. The run
-        outlives the caller, and `wait`, `status` and `cancel` find it at once.
+        with `backend="kubernetes"` a launcher Job in the cluster, or with
+        `launcher="sagemaker"` a launcher Processing Job (what a Lambda function
+        starts). The run outlives the caller, and `wait`, `status` and `cancel`
+        find it at once.
         """
         plan = self._plan(spec, sets, stages, backend, options, run_id, force, no_cache)
         if storage.exists(layout.manifest_uri(plan.root, plan.run_id)):
@@ -122,16 +124,7 @@ class Client:
         manifest.force = sorted(plan.force)
         manifest.verify = verify
         manifest.save()
-        if plan.backend == "kubernetes":
-            # The launcher runs in the cluster, next to its stages.
-            from batchline.backends import validate_options
-            from batchline.backends.kubernetes_launcher import create_launcher_job
-
-            k8s = validate_options("kubernetes", plan.options, "--option")
-            ref = create_launcher_job(plan.run_id, plan.root, plan.spec.image("launcher"), k8s)
-            log.info("run %s: launcher job %s", plan.run_id, ref)
-        else:
-            _start_detached(plan.root, plan.run_id)
+        start_launcher(manifest, plan.spec.image("launcher"), launcher)
         return plan.run_id
 
     def resume(self, run_id: str, *, sets: Mapping[str, Any] | None = None,
@@ -451,6 +444,37 @@ def _require_remote(spec: PipelineSpec, root: str, backend: str) -> None:
         if not uri.startswith("s3://"):
             raise SpecError(f"--backend {backend}: {name} is {uri!r}; its pods cannot see "
                             "this machine's folders, use an s3:// URI")
+
+
+LAUNCHERS = ("local", "kubernetes", "sagemaker")
+
+
+def start_launcher(manifest: RunManifest, image: str, launcher: str | None = None) -> str:
+    """Start the launcher of a submitted run: a detached process ("local"), a Job in the
+    cluster ("kubernetes", the default for that backend) or a SageMaker Processing Job
+    ("sagemaker"). A launcher that exists already for the run (a Job or job of the same
+    name) is kept, never doubled. Returns where it runs."""
+    where = launcher or ("kubernetes" if manifest.backend == "kubernetes" else "local")
+    if where not in LAUNCHERS:
+        raise SpecError(f"launcher {where!r}: use one of {', '.join(LAUNCHERS)}")
+    if where == "local":
+        _start_detached(manifest.root, manifest.run_id)
+        return "a detached local process"
+    from batchline.backends import validate_options
+
+    options = validate_options(where, manifest.backend_options if manifest.backend == where
+                               else {}, "--option")
+    if where == "kubernetes":
+        # The launcher runs in the cluster, next to its stages.
+        from batchline.backends.kubernetes_launcher import create_launcher_job
+
+        ref = create_launcher_job(manifest.run_id, manifest.root, image, options)
+    else:
+        from batchline.backends.sagemaker_launcher import create_launcher_processing_job
+
+        ref = create_launcher_processing_job(manifest.run_id, manifest.root, image, options)
+    log.info("run %s: launcher %s job %s", manifest.run_id, where, ref)
+    return f"{where} job {ref}"
 
 
 def _start_detached(root: str, run_id: str) -> None:

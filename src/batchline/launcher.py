@@ -161,7 +161,10 @@ class Launcher:
         The run is claimed first (one writer per run): a second launcher on a
         live run gets RunLocked naming the holder, and nothing is written.
         """
-        self.lease.acquire()
+        # A launcher pod that replaced an evicted one may find its predecessor's lease
+        # still live for up to a TTL: it waits that out rather than fail the run's Job.
+        self.lease.acquire(wait=1.5 * self.lease.ttl if self.backend_options.get("in_cluster")
+                           else 0.0)
         try:
             self.manifest = self._open_manifest()  # as the last holder left it
             self._forget_cancel_request()

@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from batchline import layout, storage
-from batchline.errors import BatchlineError, StorageMisconfigured, StorageUnavailable
-from batchline.objects import ConditionalObject, conditional_object
+from batchline.conditional import ConditionalObject, conditional_object, guarded_call
+from batchline.errors import BatchlineError
 from batchline.retry import Retry
-from batchline.storage_errors import misconfiguration, outage_advice
 
 log = logging.getLogger(__name__)
 LEASE = "lease.json"
@@ -93,19 +92,26 @@ class Lease:
                       self.ttl)
 
     def _call(self, fn: Any, what: str) -> Any:
-        try:
-            return self._retry.call(fn, what, self.uri)
-        except (StorageUnavailable, StorageMisconfigured):
-            raise
-        except Exception as exc:  # boto3 errors that outlasted its own retries
-            wrong = misconfiguration(exc, f"{what} the run's lease", self.uri)
-            if wrong is not None:
-                raise wrong from exc
-            raise StorageUnavailable(f"cannot {what} the run's lease {self.uri}: "
-                                     f"{outage_advice()} ({exc})") from exc
+        return guarded_call(self._retry, fn, what, self.uri, "the run's lease")
 
-    def acquire(self) -> Holder:
-        """Claim the run, taking over from a holder that is gone; RunLocked otherwise."""
+    def acquire(self, wait: float = 0.0) -> Holder:
+        """Claim the run, taking over from a holder that is gone; RunLocked otherwise.
+
+        `wait` seconds: how long to wait for a holder on another host to expire (a
+        launcher pod replaced after an eviction, whose predecessor could not release);
+        a holder still renewing when the wait ends is RunLocked all the same."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return self._acquire_once()
+            except RunLocked as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                log.info("%s; waiting up to %.0f s for it to expire", exc, left)
+                time.sleep(min(left, 1.0))
+
+    def _acquire_once(self) -> Holder:
         mine = self._holder()
         data = json.dumps(asdict(mine)).encode()
         for _ in range(5):
@@ -173,3 +179,16 @@ class Lease:
             with contextlib.suppress(BatchlineError):
                 self._call(lambda: self._objects.delete(self._tag), "release")
         self.holder = None
+
+
+def live_holder(root: str, run_id: str) -> Holder | None:
+    """The launcher holding a run's lease now, or None if no live launcher does."""
+    uri = storage.join(layout.run_uri(root, run_id), LEASE)
+    current = conditional_object(uri).read()
+    if current is None:
+        return None
+    try:
+        holder = Holder(**json.loads(current[0]))
+    except (ValueError, TypeError):
+        return None
+    return None if holder.gone(time.time()) else holder

@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from batchline import storage
+from batchline.conditional import conditional_object
 from batchline.errors import DataError, SpecError, StorageError
-from batchline.objects import conditional_object
 
 ALIASES = ("champion", "challenger")
 HISTORY = 20  # earlier champions kept in the alias, for rollback

@@ -36,9 +36,11 @@ from batchline.stages import STAGES
 _NAME = r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$"
 # Backends whose options may also sit at the top level of a spec.
 TOP_LEVEL_BACKENDS = ("kubernetes", "sagemaker")
+_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"  # S3's bucket naming rules
 _SET_KEY = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_-]+)*")
 _CHECKED_BY_PARSE_SPEC = "stage checks done by parse_spec"
-_HINTS = {"name": "use 1-40 lowercase letters, digits and '-', starting and ending with a "
+_HINTS = {"trigger.bucket": "an S3 bucket name: 3-63 lowercase letters, digits, '.' and '-'",
+          "name": "use 1-40 lowercase letters, digits and '-', starting and ending with a "
                   "letter or digit (it names Jobs and run ids)"}
 
 
@@ -82,6 +84,18 @@ class StageSpec(_Model):
     inputs: dict[str, str] = Field(default_factory=dict)
 
 
+class TriggerSpec(_Model):
+    """Runs started by new objects in a bucket (`batchline listen`, the Lambda handler):
+    an object under `prefix` ending in `suffix` becomes `stages.<stage>.params.<param>`."""
+
+    bucket: str = Field(pattern=_BUCKET)
+    prefix: str = ""
+    suffix: str = ""
+    # Default: the first stage of the pipeline that reads raw data (ingest).
+    stage: str | None = None
+    param: str = "source"
+
+
 class PipelineSpec(_Model):
     name: str = Field(pattern=_NAME)
     storage: str = "./batchline-data"
@@ -95,13 +109,16 @@ class PipelineSpec(_Model):
     segments: SegmentsSpec | None = None
     # The fleet's promotion gate (registry champions); needs segments.
     promote: PromoteSpec | None = None
+    # Runs started by new data in S3 (batchline listen, the Lambda handler).
+    trigger: TriggerSpec | None = None
 
     @model_serializer(mode="wrap")
-    def _without_unset_segments(self, handler: SerializerFunctionWrapHandler) -> Any:
-        # Specs without segments dump (into manifests, launcher Jobs) as before.
+    def _without_unset_sections(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Specs without these optional sections dump (into manifests, launcher
+        # Jobs) as before they existed.
         data = handler(self)
         if isinstance(data, dict):
-            for name in ("segments", "promote"):
+            for name in ("segments", "promote", "trigger"):
                 if name in data and data[name] is None:
                     del data[name]
         return data
@@ -127,6 +144,30 @@ class PipelineSpec(_Model):
             if problems:
                 raise ValueError("\n".join(problems))
         return self
+
+    @model_validator(mode="after")
+    def _check_trigger(self) -> PipelineSpec:
+        if self.trigger is not None and set(self.stages) <= set(STAGES):
+            self.trigger_target()  # raises ValueError naming trigger.stage / trigger.param
+        return self
+
+    def trigger_target(self) -> tuple[str, str]:
+        """The stage and param a triggering object fills: `trigger.stage` (default: the
+        first stage that reads raw data) and `trigger.param` (one of its source params)."""
+        trigger = self.trigger
+        if trigger is None:
+            raise ValueError("trigger: this spec has no trigger section")
+        readers = [s for s in self.stages if trigger.param in STAGES[s].source_params]
+        stage = trigger.stage or (readers[0] if readers else None)
+        if stage is None or stage not in self.stages:
+            raise ValueError(f"trigger.stage: {stage!r} is not a stage of this spec that reads "
+                             f"raw data (those reading {trigger.param!r}: "
+                             f"{', '.join(readers) or 'none'})")
+        if trigger.param not in STAGES[stage].source_params:
+            raise ValueError(f"trigger.param: stage {stage!r} reads no raw data from "
+                             f"{trigger.param!r}; its source params: "
+                             f"{', '.join(STAGES[stage].source_params) or 'none'}")
+        return stage, trigger.param
 
     @cached_property
     def pipeline(self) -> Pipeline:

@@ -60,6 +60,12 @@ def launcher_job(run_id: str, root: str, image: str, options: Options) -> dict[s
             # One launcher per run: a second pod racing the first would only
             # meet the run's lease. A failed launcher is resumed, not retried.
             "backoffLimit": 0,
+            # ... but a launcher pod evicted or preempted (DisruptionTarget) is
+            # not a failure of the run: the Job controller starts another pod,
+            # which resumes the same run (`resume RUN` is all this pod does).
+            "podFailurePolicy": {"rules": [
+                {"action": "Ignore",
+                 "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}]},
             "ttlSecondsAfterFinished": options.ttl_seconds_after_finished,
             "template": {
                 "metadata": {"labels": labels},

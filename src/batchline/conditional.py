@@ -1,11 +1,10 @@
-"""Small objects written only on a condition: create if absent, replace if unchanged.
+"""One small object written only under a condition: the primitive behind a run's lease,
+an event's claim and a model registry's aliases.
 
-The one primitive behind every claim batchline makes in the storage root with
-no server: a run's lease, a model registry's aliases. On S3 the conditions
-are the service's own (`If-None-Match: *` to create, `If-Match` on the ETag
-read to replace); on a local disk an exclusive create and a file lock around
-read-compare-rename. Two writers racing on one object: exactly one wins, the
-other is told so and can read who did.
+`create` succeeds only if the object is absent (S3 `If-None-Match: *`, a local
+exclusive create); `replace` and `delete` only if it is still at the version
+read (S3 `If-Match` on the ETag, a local file lock around a compare). Two
+writers racing on one object therefore always end with one winner.
 """
 
 from __future__ import annotations
@@ -19,7 +18,12 @@ import secrets
 from typing import Any
 
 from batchline import storage
-from batchline.errors import BatchlineError
+from batchline.errors import BatchlineError, StorageMisconfigured, StorageUnavailable
+from batchline.retry import Retry
+from batchline.storage_errors import misconfiguration, outage_advice
+
+# S3's answers to a failed condition (412, or 409 when two conditional writes race).
+_CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "412")
 
 
 class ConditionalObject(abc.ABC):
@@ -42,15 +46,15 @@ class ConditionalObject(abc.ABC):
         """Delete the object if it is still at `tag`."""
 
 
-class _LocalObject(ConditionalObject):
+class LocalObject(ConditionalObject):
     def __init__(self, path: str) -> None:
         self.path = path
         self.lock = f"{path}.lock"
 
     def create(self, data: bytes) -> bool:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         # Written aside, then linked into place: the link fails if the object
         # exists, and a reader never sees it half written.
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         tmp = f"{self.path}.new-{os.getpid()}-{secrets.token_hex(4)}"
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -109,14 +113,14 @@ class _LocalObject(ConditionalObject):
             os.unlink(self.lock)
 
 
-class _S3Object(ConditionalObject):
+class S3Object(ConditionalObject):
     def __init__(self, uri: str) -> None:
         try:
             import boto3
         except ImportError as exc:
-            raise BatchlineError("runs and models on s3:// storage are claimed with conditional "
-                                 "writes, which need boto3: pip install 'batchline[aws]'") \
-                from exc
+            raise BatchlineError("runs, event claims and model aliases on s3:// storage are "
+                                 "written with conditional writes, which need boto3: "
+                                 "pip install 'batchline[aws]'") from exc
         bucket, _, key = uri[len("s3://"):].partition("/")
         self.bucket, self.key = bucket, key
         self.client = boto3.client("s3")
@@ -128,7 +132,7 @@ class _S3Object(ConditionalObject):
         try:
             self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, IfNoneMatch="*")
         except Exception as exc:
-            if self._code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+            if self._code(exc) in _CONDITION_FAILED:
                 return False
             raise
         return True
@@ -146,8 +150,7 @@ class _S3Object(ConditionalObject):
         try:
             self.client.put_object(Bucket=self.bucket, Key=self.key, Body=data, IfMatch=tag)
         except Exception as exc:
-            if self._code(exc) in ("PreconditionFailed", "ConditionalRequestConflict", "412",
-                                   "NoSuchKey", "404"):
+            if self._code(exc) in (*_CONDITION_FAILED, "NoSuchKey", "404"):
                 return False
             raise
         return True
@@ -159,7 +162,23 @@ class _S3Object(ConditionalObject):
 
 
 def conditional_object(uri: str) -> ConditionalObject:
-    """The conditional object at `uri` (s3:// or a local path)."""
+    """The conditional object at a storage URI (s3:// or a local path)."""
     if uri.startswith("s3://"):
-        return _S3Object(uri)
-    return _LocalObject(storage.resolve(uri)[1])
+        return S3Object(uri)
+    return LocalObject(storage.resolve(uri)[1])
+
+
+def guarded_call(retry: Retry, fn: Any, what: str, uri: str, subject: str) -> Any:
+    """`fn()` on a conditional object, retried while storage fails transiently; a failure
+    that outlasts the retries is StorageUnavailable, a wrong setting StorageMisconfigured,
+    each naming `subject` ("the run's lease") and the URI."""
+    try:
+        return retry.call(fn, what, uri)
+    except (StorageUnavailable, StorageMisconfigured):
+        raise
+    except Exception as exc:  # boto3 errors that outlasted its own retries
+        wrong = misconfiguration(exc, f"{what} {subject}", uri)
+        if wrong is not None:
+            raise wrong from exc
+        raise StorageUnavailable(f"cannot {what} {subject} {uri}: {outage_advice()} "
+                                 f"({exc})") from exc

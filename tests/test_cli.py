@@ -189,6 +189,21 @@ def test_sigterm_cancels_a_run_in_the_foreground(tmp_path: Path, small_csv: Path
     assert launcher.returncode == 130, err
     manifest = RunManifest.load(str(tmp_path), "term")
     assert manifest.state == "cancelled" and manifest.stages["features"].state == "cancelled"
+    # and the runaway stage is gone, not orphaned (a SIGTERM that lands while the stage
+    # is being started is held until its handle exists; see batchline.interrupts)
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if entry.name.isdigit() and text in cmdline:
+            found.append(cmdline)
+    return found
 
 
 def test_without_a_terminal_lines_are_never_wrapped_and_long_stages_beat(

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from batchline import cache, layout, storage
+from batchline import cache, interrupts, layout, storage
 from batchline.backends.base import Backend, Handle
 from batchline.causes import Cause
 from batchline.errors import (
@@ -348,7 +348,8 @@ class Launcher:
             for task in tasks:
                 storage.write_text(task.task_uri, task.to_json())
                 self._start_attempt(task)
-                handles.append(self.backend.submit(task))
+                with interrupts.held():  # a stop while starting waits for the handle
+                    handles.append(self.backend.submit(task))
             results = [self.backend.wait(h, self._on_backend_event, self._tick)
                        for h in handles]
         except (KeyboardInterrupt, RunCancelled) as exc:

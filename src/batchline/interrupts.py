@@ -38,5 +38,5 @@ def held() -> Iterator[None]:
         for signum, handler in saved.items():
             # None: a handler not set from Python; the default is the closest
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
-        for signum in dict.fromkeys(caught):
-            signal.raise_signal(signum)
+        for received in dict.fromkeys(caught):
+            signal.raise_signal(received)

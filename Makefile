@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ROWS ?= 200000
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist; a test file stays in one). Much of the suite waits on
+# subprocesses, podman and loopback servers, so two overlap well on two cores.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images bench-search clean
@@ -53,10 +56,10 @@ lock:  ## refresh constraints.txt from a fresh install of .[dev,bench]; review t
 	git diff --stat constraints.txt
 
 test: setup podman base-image images  ## every test, slow end-to-end ones too (podman, images)
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup  ## unit tests only
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 lint: setup  ## ruff, mypy, import layering, hadolint
 	$(BIN)/ruff check src tests bench

@@ -42,10 +42,20 @@ class Rule:
     start: float = 0.0  # seconds after `arm()` when faults begin
     stop: float = float("inf")  # ... and end
     stall_seconds: float = 3.0
+    # count start/stop from the first matching request rather than from arm(): "8 s of
+    # 503s on log uploads" then means 8 s of them however long the run takes to get there
+    from_first_match: bool = False
+    first_match: float | None = None
 
-    def applies(self, method: str, path: str, since: float) -> bool:
-        return (self.start <= since < self.stop and (not self.methods or method in self.methods)
-                and (not self.path or re.search(self.path, path) is not None))
+    def applies(self, method: str, path: str, since: float, now: float) -> bool:
+        if (self.methods and method not in self.methods) or \
+                (self.path and re.search(self.path, path) is None):
+            return False
+        if self.from_first_match:
+            if self.first_match is None:
+                self.first_match = now
+            since = now - self.first_match
+        return self.start <= since < self.stop
 
 
 @dataclass
@@ -98,9 +108,10 @@ class FaultyS3:
     def _draw(self, method: str, path: str) -> tuple[str, Rule] | None:
         with self._lock:
             self.counts.requests += 1
-            since = time.monotonic() - self._armed
+            now = time.monotonic()
+            since = now - self._armed
             for rule in self.rules:
-                if rule.applies(method, path, since) and self.random.random() < rule.rate:
+                if rule.applies(method, path, since, now) and self.random.random() < rule.rate:
                     fault = self.random.choice(rule.faults)
                     self.counts.faults[fault] += 1
                     return fault, rule

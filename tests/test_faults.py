@@ -72,7 +72,7 @@ def test_eight_seconds_of_throttling_on_log_uploads_is_ridden_out(
     root = f"{s3_bucket}/logs503"
     with FaultyS3(moto_server, max_seconds=600) as proxy:
         proxy.arm(Rule(rate=1.0, faults=("throttle",), path=r"/logs/", methods=("PUT", "POST"),
-                       stop=8.0))
+                       stop=8.0, from_first_match=True))
         result = _run(root, source, env={"AWS_ENDPOINT_URL": proxy.url})
     assert result.returncode == 0, result.stderr
     assert proxy.counts.faults["throttle"] > 0

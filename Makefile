@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images bench-search clean
+.PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images bench-search bench-fleet clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -85,6 +85,13 @@ bench: setup  ## demo at 1M and 5M rows vs the single-process limit and a pandas
 bench-search: setup  ## search vs H2O AutoML at equal time budget per model (needs Java); appends to bench/results.md
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
 	$(BIN)/python bench/search_vs_h2o.py
+
+bench-fleet: setup  ## the 500-hospital fleet run, then the same models trained in a plain one-process loop
+	rm -rf build/bench-fleet
+	$(BIN)/batchline demo-data --hospitals $(FLEET_HOSPITALS) --rows $(FLEET_ROWS) --out build/bench-fleet/data
+	$(BIN)/batchline run jobs/readmission_fleet.yaml --storage build/bench-fleet/store --run-id fleet \
+	  --set stages.ingest.params.source=build/bench-fleet/data/encounters.csv
+	$(BIN)/python bench/fleet_vs_loop.py build/bench-fleet/store fleet
 
 bench-images: images  ## image sizes and container start overhead vs local processes
 	$(BIN)/python bench/bench_images.py

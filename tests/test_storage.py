@@ -105,3 +105,55 @@ def test_s3_commit_protocol(s3_bucket: str) -> None:
     model = next(f for f in record.files if f.path.endswith("model.txt"))
     assert storage.read_bytes(storage.join(uri, model.path)) == b"tree\n"
     assert len(storage.list_dir(uri)) == 2  # one data prefix + _SUCCESS.json
+
+
+
+class _Stopped(BaseException):
+    """What the test's SIGTERM handler raises, as a launcher's does."""
+
+
+def test_a_signal_during_an_s3_write_never_leaves_a_truncated_object(s3_bucket: str) -> None:
+    """SIGTERM (a launcher told to stop, or Ctrl-C) raising while an object is written to
+    S3: the object is whole or absent, never the empty upload that closing the stream
+    on the way out would make."""
+    import os
+    import signal
+    import threading
+    import time
+
+    data = b"{" + b"x" * 4000 + b"}"
+    armed = threading.Event()  # raise only inside write_bytes, not in pytest's code
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        if armed.is_set():
+            armed.clear()  # once per write
+            raise _Stopped
+
+    def send() -> None:
+        while not stop.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.002)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    sender = threading.Thread(target=send, daemon=True)
+    written, stopped = [], 0
+    try:
+        sender.start()
+        for i in range(150):
+            uri = f"{s3_bucket}/interrupted/{i}.json"
+            written.append(uri)
+            try:
+                armed.set()
+                storage.write_bytes(uri, data)
+            except _Stopped:
+                stopped += 1
+            finally:
+                armed.clear()
+    finally:
+        stop.set()
+        sender.join()
+        signal.signal(signal.SIGTERM, previous)
+    assert stopped > 0  # the signals did land during writes
+    for uri in written:
+        assert not storage.exists(uri) or storage.read_bytes(uri) == data, uri

@@ -168,9 +168,25 @@ def _options(pairs: list[str] | None, namespace: str | None = None, context: str
     return {**{k: v for k, v in given.items() if v}, **_overrides(pairs)}
 
 
+ON_SIGTERM = "BATCHLINE_ON_SIGTERM"
+
+
 def _sigterm_as_interrupt() -> None:
-    """A launcher told to stop (kill, a deleted pod) cancels its stages as Ctrl-C does."""
+    """A launcher told to stop (kill) cancels its stages as Ctrl-C does; one whose own pod
+    is going away (BATCHLINE_ON_SIGTERM=detach, set in launcher Jobs) lets go of the run
+    and leaves its stage running for the pod that replaces it."""
+    from batchline.errors import LauncherDetached, SpecError
+
+    mode = os.environ.get(ON_SIGTERM, "cancel")
+    if mode not in ("cancel", "detach"):
+        raise SpecError(f"{ON_SIGTERM}={mode!r}: use cancel (stop the run's stages, the "
+                        "default) or detach (leave them to the next launcher)")
+
     def handler(signum: int, frame: object) -> None:
+        if mode == "detach":
+            raise LauncherDetached("stopped by SIGTERM: this launcher let go of the run; "
+                                   "its running stage is left to the next launcher "
+                                   "(`batchline resume` adopts it)")
         raise KeyboardInterrupt("stopped by SIGTERM")
     signal.signal(signal.SIGTERM, handler)
 
@@ -179,7 +195,7 @@ def _follow(start: Callable[[Any, Any], RunManifest], as_json: bool) -> None:
     """Run or resume with progress; print the summary (or JSON) and exit by the result."""
     from batchline import cli_output, report
     from batchline.client import EXIT_CANCELLED, exit_code
-    from batchline.errors import BatchlineError, RunCancelled
+    from batchline.errors import BatchlineError, LauncherDetached, RunCancelled
 
     _sigterm_as_interrupt()
     started = time.monotonic()
@@ -188,6 +204,9 @@ def _follow(start: Callable[[Any, Any], RunManifest], as_json: bool) -> None:
     try:
         with progress:
             manifest = start(progress.on_change, progress.on_tick)
+    except LauncherDetached as exc:
+        _say(f"batchline: {exc}", err=True)
+        raise typer.Exit(LauncherDetached.exit_code) from None
     except KeyboardInterrupt as exc:
         error = RunCancelled(str(exc) or "cancelled (interrupted)")
         manifest = getattr(exc, "manifest", None)

@@ -60,6 +60,16 @@ class RunCancelled(BatchlineError):
     exit_code = 130  # 128 + SIGINT, as a shell reports an interrupted command
 
 
+class LauncherDetached(BaseException):
+    """The launcher itself is going away (its pod evicted, preempted or drained: SIGTERM
+    with BATCHLINE_ON_SIGTERM=detach, as launcher Jobs run). It lets go of the run and
+    leaves the running stage to the launcher that replaces it, which adopts it. Not an
+    error of the run, so a BaseException (like KeyboardInterrupt): nothing that handles
+    errors marks the run failed or cancels its stages on the way out."""
+
+    exit_code = 143  # 128 + SIGTERM
+
+
 class WaitTimedOut(BatchlineError):
     """`wait --timeout` ran out before the run ended; the run goes on."""
 

@@ -283,7 +283,8 @@ class Launcher:
         retries = self.spec.stages[stage].retries
         failures = 0
         while True:
-            attempt = self.manifest.stage(stage).next_attempt()
+            attempt = self._adoptable_attempt(stage, key) or \
+                self.manifest.stage(stage).next_attempt()
             task = self._task(stage, key, outputs, attempt)
             result = self._submit_and_wait(task)
             if result.ok:
@@ -364,11 +365,30 @@ class Launcher:
             self._end_attempt(task, result)
         return results
 
+    def _adoptable_attempt(self, stage: str, key: str) -> int | None:
+        """The attempt a launcher that let go of the run left running (its pod evicted),
+        when this backend finds a task again by its name (a Kubernetes Job, a SageMaker
+        job) and the work is the same: submitting it again adopts it, so the stage is
+        watched to its end rather than started twice."""
+        if not self.backend.adopts_by_name:
+            return None
+        record = self.manifest.stage(stage)
+        if record.cache_key != key or record.state is not StageState.RUNNING:
+            return None
+        attempt = record.open_attempt()
+        if attempt is not None:
+            log.info("stage %s: adopting attempt %d, left running by the last launcher",
+                     stage, attempt)
+        return attempt
+
     def _start_attempt(self, task: StageTask) -> None:
         entry = self.manifest.stage(task.stage)
         # One submit of a fanning-out backend (an Indexed Job) runs every shard.
         shard = None if self.backend.fans_out_shards else task.shard
-        entry.attempts.append(Attempt(number=task.attempt, shard=shard, started_at=time.time()))
+        if not any(a.number == task.attempt and a.shard == shard and a.ended_at is None
+                   for a in entry.attempts):  # else: adopted, still running
+            entry.attempts.append(Attempt(number=task.attempt, shard=shard,
+                                          started_at=time.time()))
         self._event(task.stage, StageState.RUNNING, attempt=task.attempt, cache_key=task.cache_key,
                     phase="submitted")
 

@@ -115,6 +115,14 @@ class StageRecord(_Record):
         """Attempt numbers only grow, so no task or log is ever overwritten."""
         return max((a.number for a in self.attempts), default=0) + 1
 
+    def open_attempt(self) -> int | None:
+        """The latest attempt if some part of it never ended (its launcher went away)."""
+        if not self.attempts:
+            return None
+        latest = max(a.number for a in self.attempts)
+        return latest if any(a.ended_at is None for a in self.attempts
+                             if a.number == latest) else None
+
 
 class Event(_Record):
     t: float

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
+from batchline import interrupts
 from batchline.errors import StorageError, StorageUnavailable
 from batchline.retry import Retry
 from batchline.storage_errors import check_bucket
@@ -143,7 +144,11 @@ def write_bytes(uri: str, data: bytes) -> None:
         return
 
     def put() -> None:
-        with fs.open_output_stream(path) as stream:
+        # An S3 stream uploads what it holds when it is closed, and an exception
+        # leaving the block closes it: a Ctrl-C or SIGTERM landing between open
+        # and write would commit an empty object (a manifest truncated to
+        # nothing). Held signals are acted on once the object is whole.
+        with interrupts.held(), fs.open_output_stream(path) as stream:
             stream.write(data)
     _retry().call(put, "write", uri)
 

@@ -85,6 +85,10 @@ class Backend(abc.ABC, Generic[H]):
     # A platform that enforces the deadline itself gets this long to report it
     # before the template stops the task anyway.
     deadline_slack_seconds: ClassVar[float] = 0.0
+    # True when submitting the same task again finds the one already running (a
+    # name the platform keeps unique): a launcher that replaces one that went
+    # away adopts the stage it left running instead of starting another.
+    adopts_by_name: ClassVar[bool] = False
     poll_seconds: float = 0.2
 
     # -- what each backend implements -----------------------------------------

@@ -311,6 +311,7 @@ class KubernetesBackend(Backend[KubernetesHandle]):
     # A sharded task is one Indexed Job (see kubernetes_job.job_manifest):
     # Kubernetes runs and retries the shards, each pod's log goes to its shard.
     fans_out_shards = True
+    adopts_by_name = True  # a Job's name is unique: a 409 finds the running one
     # The Job's activeDeadlineSeconds normally ends it; this is the safety net.
     deadline_slack_seconds = 60.0
 

@@ -43,7 +43,10 @@ def launcher_job(run_id: str, root: str, image: str, options: Options) -> dict[s
         "image": image,
         "imagePullPolicy": "IfNotPresent",
         "args": args,
-        "env": [{"name": k, "value": v} for k, v in sorted(options.env.items())],
+        # An evicted or preempted launcher pod lets go of the run (SIGTERM) and
+        # leaves its running stage Job to the pod that replaces it, which adopts it.
+        "env": [{"name": k, "value": v}
+                for k, v in sorted({**options.env, "BATCHLINE_ON_SIGTERM": "detach"}.items())],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
                       "limits": {"memory": "512Mi"}},
         "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,

@@ -118,6 +118,7 @@ class SageMakerBackend(Backend[SageMakerHandle]):
     # One job runs every shard: InstanceCount = shards, each host takes its
     # shard from resourceconfig.json (see batchline/sagemaker_contract.py).
     fans_out_shards = True
+    adopts_by_name = True  # a job's name is unique: ResourceInUse finds the running one
     # MaxRuntimeInSeconds normally ends a job; this is the safety net.
     deadline_slack_seconds = 60.0
 

@@ -41,6 +41,9 @@ def main() -> int:
     parser.add_argument("root")
     parser.add_argument("run_id")
     parser.add_argument("--spec", default=str(HERE.parent / "jobs/readmission_fleet.yaml"))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="LightGBM threads per model (default: every core, as a loop "
+                        "written without thought for it would)")
     args = parser.parse_args()
 
     manifest = RunManifest.load(args.root, args.run_id)
@@ -51,7 +54,7 @@ def main() -> int:
     spec = load_spec(args.spec)
     params = spec.params("train")
     assert isinstance(params, TrainParams) and params.segments is not None
-    cores = cpu.budget().cores
+    cores = args.threads or cpu.budget().cores
     base = params.model_copy(update={"exclude": [*params.exclude, SEGMENT_COLUMN],
                                      "segments": None, "promote": None,
                                      "num_threads": cores})

@@ -84,7 +84,7 @@ def test_a_launcher_whose_pod_goes_away_leaves_its_stage_to_the_next_which_adopt
     kubelet = PodmanKubelet(cluster, tmp_path).start()
     try:
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig(tmp_path / "kubeconfig")),
-               "BATCHLINE_ON_SIGTERM": "detach", "COLUMNS": "200"}
+               "BATCHLINE_ON_SIGTERM": "detach", "COLUMNS": "200", "PYTHONFAULTHANDLER": "1"}
         first = subprocess.Popen(
             [*BATCHLINE, "run", str(SPEC), "--storage", root, "--run-id", run_id,
              "--set", f"stages.ingest.params.source={source}", "--backend", "kubernetes",

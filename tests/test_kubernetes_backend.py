@@ -547,3 +547,20 @@ def test_indexed_pods_logs_go_to_their_shard(cluster: Cluster, tmp_path: Path) -
     for index in (0, 1):
         uri = layout.log_uri(str(tmp_path), task.run_id, "score", 1, index)
         assert storage.read_text(uri) == f"--- pod {job}-{index}-x ---\nshard {index} scored\n"
+
+
+def test_let_go_ends_the_watch_threads_and_leaves_the_job(cluster: Cluster,
+                                                          tmp_path: Path) -> None:
+    """A launcher whose pod goes away stops watching at once (a watch thread alive when
+    the interpreter exits can abort it: CI saw SIGABRT) and leaves the Job for the
+    launcher that adopts it."""
+    backend = make_backend(cluster, watch_seconds=120)
+    handle = backend.submit(make_task(tmp_path))
+    eventually(lambda: cluster.requests("watch", JOBS) >= 1 and
+               cluster.requests("watch", PODS) >= 1, what="both watch streams open")
+    time.sleep(0.5)  # let the streams settle into waiting for events
+    backend.let_go(handle)
+    assert [w._thread.is_alive() for w in handle.watchers] == [False, False]
+    jobs = [key for key, obj in cluster.emu.objects.items()
+            if key[0] == JOBS and not obj.deleted]
+    assert len(jobs) == 1  # the Job runs on, for the next launcher

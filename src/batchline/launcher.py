@@ -22,6 +22,7 @@ from batchline.backends.base import Backend, Handle
 from batchline.causes import Cause
 from batchline.errors import (
     BatchlineError,
+    LauncherDetached,
     RunCancelled,
     SpecError,
     StageFailed,
@@ -360,6 +361,10 @@ class Launcher:
                 self._end_attempt(h.task, self.backend.wait(h))
             self._event(tasks[0].stage, StageState.CANCELLED, cause=Cause.CANCELLED,
                         reason=str(exc) or "cancelled (interrupted)")
+            raise
+        except LauncherDetached:
+            for h in handles:  # left running for the next launcher, which adopts them
+                self.backend.let_go(h)
             raise
         for result, task in zip(results, tasks, strict=True):
             self._end_attempt(task, result)

@@ -111,6 +111,12 @@ class Backend(abc.ABC, Generic[H]):
     def release(self, handle: H, outcome: Outcome) -> None:
         """Remove what the platform keeps of an ended task (after its logs are saved)."""
 
+    def let_go(self, handle: H) -> None:
+        """Stop watching a task this launcher leaves running for the next one (its pod is
+        going away); the task itself is untouched. Threads that watch it end here: one
+        still alive when the interpreter exits can abort the process (CPython kills it
+        with pthread_exit when it wakes)."""
+
     def memory_limit(self, task: StageTask) -> str:
         """The memory limit the platform enforces, as an out-of-memory message names it."""
         return task.resources.memory

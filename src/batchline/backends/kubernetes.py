@@ -509,11 +509,14 @@ class KubernetesBackend(Backend[KubernetesHandle]):
             raise BackendError(f"cannot delete job {handle.ref}: {_describe(exc)}") from exc
 
     def release(self, handle: KubernetesHandle, outcome: Outcome) -> None:
-        for watcher in handle.watchers:
-            watcher.stop()
+        self.let_go(handle)
         if outcome.cause in (Cause.IMAGE_PULL, Cause.UNSCHEDULABLE):
             # Kubernetes would keep retrying forever; the launcher decides instead.
             self.stop(handle)
+
+    def let_go(self, handle: KubernetesHandle) -> None:
+        for watcher in handle.watchers:
+            watcher.stop()
 
 
 BACKEND = KubernetesBackend

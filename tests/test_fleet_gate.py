@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchline import fleet
+from batchline import fleet, promotion
 from batchline.errors import SpecError
 from batchline.params import SEGMENT_COLUMN, FeaturesParams, PromoteSpec, TrainParams
 from batchline.registry import Registry
@@ -71,8 +71,9 @@ def _challenge(registry: Registry, data: single.TrainingData, params: TrainParam
     model = single.train(data, params)
     card = single.model_card(model, params, run_id)
     version = registry.register("H1", model.text.encode(), {"card": card})
-    return fleet_gate.decide(registry, "H1", version, single.commit_metrics(model),
-                             fleet_gate.Holdout.of(data), params, run_id)
+    verdict = fleet_gate.decide(registry, "H1", version, single.commit_metrics(model),
+                                fleet_gate.Holdout.of(data), params)
+    return {**verdict, **promotion.apply(registry, "H1", verdict, run_id, None)}
 
 
 def test_the_gate_compares_on_the_same_rows_and_records_why(tmp_path: Path) -> None:
@@ -101,8 +102,50 @@ def test_the_first_global_model_is_promoted_even_if_it_misses_a_check(tmp_path: 
     version = registry.register(fleet.GLOBAL, model.text.encode(),
                                 {"card": single.model_card(model, params, "r1")})
     decision = fleet_gate.decide(registry, fleet.GLOBAL, version, single.commit_metrics(model),
-                                 fleet_gate.Holdout.of(data), params, "r1")
-    assert decision["promoted"] and "the fallback must exist" in decision["reason"]
+                                 fleet_gate.Holdout.of(data), params)
+    assert decision["promote"] and "the fallback must exist" in decision["reason"]
+    assert registry.alias(fleet.GLOBAL) is None  # the gate judges; the launcher moves
+
+
+def _verdict(registry: Registry, n: int, run_id: str) -> dict:
+    data, params = _data(n), _params()
+    model = single.train(data, params)
+    version = registry.register("H1", model.text.encode(),
+                                {"card": single.model_card(model, params, run_id)})
+    return fleet_gate.decide(registry, "H1", version, single.commit_metrics(model),
+                             fleet_gate.Holdout.of(data), params)
+
+
+def test_a_failed_fleet_promotes_nothing_and_says_why(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path), "fleet")
+    verdict = _verdict(registry, 1, "r1")
+    assert verdict["promote"]
+    decision = promotion.apply(registry, "H1", verdict, "r1", "3 of 5 segment models failed")
+    assert not decision["promoted"]
+    assert decision["reason"] == ("the fleet failed, so nothing was promoted; the gate had "
+                                  "said: first model of this segment")
+    assert registry.alias("H1") is None and registry.alias("H1", "challenger") is None
+    assert registry.decisions("H1")[0]["promoted"] is False
+
+
+def test_settling_again_after_a_resume_keeps_the_win(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path), "fleet")
+    verdict = _verdict(registry, 1, "r1")
+    assert promotion.apply(registry, "H1", verdict, "r1", None)["promoted"]
+    again = promotion.apply(registry, "H1", verdict, "r1", None)  # a resumed launcher
+    assert again["promoted"] and registry.alias("H1").version == verdict["version"]  # type: ignore[union-attr]
+    assert registry.alias("H1").history == []  # type: ignore[union-attr]
+
+
+def test_a_champion_moved_after_the_verdict_loses_the_move(tmp_path: Path) -> None:
+    registry = Registry(str(tmp_path), "fleet")
+    ours, theirs = _verdict(registry, 1, "r1"), _verdict(registry, 2, "r2")
+    assert promotion.apply(registry, "H1", theirs, "r2", None)["promoted"]
+    lost = promotion.apply(registry, "H1", ours, "r1", None)
+    assert not lost["promoted"]
+    assert lost["reason"].startswith(f"run r2 moved champion to version {theirs['version']} "
+                                     "first")
+    assert registry.alias("H1").version == theirs["version"]  # type: ignore[union-attr]
 
 
 def test_score_routes_unseen_and_missing_segments_to_the_global_model(tmp_path: Path) -> None:

@@ -92,15 +92,18 @@ def test_fleet_trains_per_segment_routes_scores_and_resumes_only_the_failed(
     predictions = storage.open_dataset(manifest.stage("score").outputs["predictions"]).to_table()
     rows = predictions.to_pylist()
     assert rows
-    # Every first model passed the test's lenient gate in the strict run already (a
-    # segment's promotion stands on its own); retrained, the same model stays champion.
+    # The strict run's fleet failed, so it promoted nothing, though each model passed
+    # the gate; this run's first models are the champions.
+    registry = client.registry("readmission-fleet")
     for key in [fleet.GLOBAL, *own]:
         assert board[key]["serving_version"] == board[key]["model_version"]
-        assert board[key]["decision"]["reason"] == "the same model is the champion already"
-    registry = client.registry("readmission-fleet")
-    first = {d["run_id"]: d for d in registry.decisions(own[0])}
-    assert first["strict"]["promoted"] and first["strict"]["reason"] == \
-        "first model of this segment"
+        decisions = {d["run_id"]: d for d in registry.decisions(key)}
+        assert not decisions["strict"]["promoted"]
+        assert decisions["strict"]["reason"].startswith("the fleet failed, so nothing was "
+                                                        "promoted; the gate had said: ")
+        assert decisions["fleet"]["promoted"]
+        assert decisions["fleet"]["reason"].startswith("first model of this segment")
+        assert registry.alias(key).run_id == "fleet"  # type: ignore[union-attr]
     assert registry.alias(BROKEN) is None  # never trained: no champion, the global one scores
     for row in rows:
         expected = row["segment"] if row["segment"] in own else fleet.GLOBAL
@@ -152,8 +155,12 @@ def test_a_shifted_hospital_gets_a_new_champion_the_others_stay_and_scoring_need
     second = client.run(str(FLEET), sets=_sets(_shifted(fleet_csv, tmp_path / "shift", "H007")),
                         run_id="second")
     board = {row["segment"]: row for row in _board(second)}
-    decision = board["H007"]["decision"]
-    assert decision["promoted"], decision
+    assert board["H007"]["decision"]["promote"]  # the gate's verdict, in the commit
+    # ... and how it ended, as the launcher moved the alias and recorded it
+    decision = registry.decision("H007", "second")
+    assert decision is not None and decision["promoted"], decision
+    leaderboard = {row["segment"]: row for row in client.leaderboard("second")}
+    assert leaderboard["H007"]["decision"] == decision
     assert decision["champion_version"] == before["H007"].version  # type: ignore[union-attr]
     assert decision["challenger"] - decision["champion"] >= 0.002  # scored on the same rows
     assert registry.alias("H007").run_id == "second"  # type: ignore[union-attr]

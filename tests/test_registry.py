@@ -23,9 +23,9 @@ def _race(root: str, text: bytes, run_id: str, barrier: Any, out: Any) -> None:
     registry = Registry(root, "fleet")
     version = registry.register("H001", text, {"metrics": {"auc_valid": 0.7}})
     expected = registry.alias("H001")
-    barrier.wait()  # both have read the same champion before either writes
-    moved = registry.move("H001", "champion", version, expected, run_id=run_id, by="gate",
-                          reason="beats the champion")
+    barrier.wait()  # both have judged against the same champion before either writes
+    moved = registry.move("H001", "champion", version, expected.version if expected else None,
+                          run_id=run_id, by="gate", reason="beats the champion")
     registry.record_decision("H001", run_id, {"promoted": moved.won, "reason": moved.reason,
                                               "version": version})
     out.put((run_id, moved.won, moved.reason, moved.alias.version if moved.alias else None))

@@ -280,7 +280,14 @@ class Client:
         if "model" not in outputs:
             raise SpecError(f"run {run_id} has no committed train stage; its leaderboard is "
                             "written when train succeeds")
-        return fleet.read_leaderboard(outputs["model"])
+        rows = fleet.read_leaderboard(outputs["model"])
+        # A row keeps the gate's verdict; the registry has how it ended (the launcher
+        # moved the alias, lost to another run, or promoted nothing as the fleet failed).
+        registry = self.registry(manifest.pipeline)
+        for row in rows:
+            if row.get("decision"):
+                row["decision"] = registry.decision(row["segment"], run_id) or row["decision"]
+        return rows
 
     def registry(self, pipeline: str) -> Registry:
         """The model registry of `pipeline` under this client's storage root."""

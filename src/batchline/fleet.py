@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchline import storage
-from batchline.errors import StorageError
+from batchline.errors import DataError, StorageError
 
 GLOBAL = "_global"
 LEADERBOARD = "leaderboard.json"
 _SAFE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# The gate's verdict on a model that is the champion already (nothing to move).
+ALREADY_CHAMPION = "the same model is the champion already"
 # How an entry of the leaderboard ended.
 OK, FAILED, FALLBACK = "ok", "failed", "fallback"
 
@@ -151,3 +153,12 @@ def read_leaderboard(model_uri: str) -> list[dict[str, Any]]:
         raise StorageError(f"{model_uri} holds no {LEADERBOARD}: it is a single model, "
                                    "not a fleet (the spec has no segments:)")
     return leaderboard_rows(files)
+
+
+def pipeline_name(placement: Mapping[str, Any]) -> str:
+    """The pipeline the registry files a run's models under (the task's placement)."""
+    name = placement.get("pipeline")
+    if not name:
+        raise DataError("the task names no pipeline (placement.pipeline); a fleet's models "
+                        "are registered under it: run it through batchline run")
+    return str(name)

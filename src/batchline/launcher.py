@@ -321,13 +321,16 @@ class Launcher:
     def _judge(self, task: StageTask) -> StageResult:
         """A stage whose commit its definition refuses (a fleet with too many failed
         segments) fails as bad input; its commit stays, and a resume redoes only its
-        failed parts."""
-        judge = STAGES[task.stage].judge
+        failed parts. Then the definition settles the commit (a fleet's promotions,
+        none when it failed)."""
+        definition = STAGES[task.stage]
         succeeded = StageResult(task.stage, Cause.SUCCEEDED, 0)
-        if judge is None:
+        if definition.judge is None and definition.settle is None:
             return succeeded
-        primary = STAGES[task.stage].outputs[0]
-        problem = judge(storage.committed(task.outputs[primary]).metrics)
+        metrics = storage.committed(task.outputs[definition.outputs[0]]).metrics
+        problem = definition.judge(metrics) if definition.judge else None
+        if definition.settle is not None:
+            definition.settle(task, metrics, problem)
         return succeeded if problem is None else \
             StageResult(task.stage, Cause.BAD_INPUT, 2, problem)
 

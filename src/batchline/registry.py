@@ -10,9 +10,11 @@ A version is named by its model's sha256 (the first 12 hex digits, as the
 run's `model_version`), so registering the same model twice is one version.
 `version.json` is written last and only if absent: its presence commits the
 version. Aliases are small objects replaced only if unchanged since they were
-read (`objects.py`: S3 conditional writes, a local rename under a lock), so
-of two runs promoting one segment at once exactly one wins and the other is
-told which version won and who promoted it.
+read (`conditional.py`: S3 conditional writes, a local rename under a lock),
+so of two runs promoting one segment at once exactly one wins and the other
+is told which version won and who promoted it. Training workers only read
+and register (plain storage); aliases are moved by the launcher
+(`promotion.py`) and by `batchline models`, which carry the S3 SDK.
 """
 
 from __future__ import annotations
@@ -103,8 +105,19 @@ class Registry:
         return text
 
     def alias(self, segment: str, name: str = "champion") -> Alias | None:
-        """Where an alias points now (with the tag a conditional move needs), or None."""
+        """Where an alias points now, or None. A plain read (no tag): what a training
+        worker judges against, with the storage client every stage image has."""
         _check_alias(name)
+        try:
+            data = storage.read_bytes(self._alias_uri(segment, name))
+        except StorageError:
+            if storage.exists(self._alias_uri(segment, name)):
+                raise
+            return None
+        return Alias(**json.loads(data))
+
+    def _tagged(self, segment: str, name: str) -> Alias | None:
+        """The alias with the tag a conditional move needs (S3's ETag: boto3)."""
         current = conditional_object(self._alias_uri(segment, name)).read()
         if current is None:
             return None
@@ -117,6 +130,17 @@ class Registry:
         out = [json.loads(storage.read_bytes(storage.join(folder, name)))
                for name in storage.list_dir(folder) if name.endswith(".json")]
         return sorted(out, key=lambda d: d.get("at", 0))
+
+    def decision(self, segment: str, run_id: str) -> dict[str, Any] | None:
+        """The decision one run's gate made for a segment, as it ended; None if none."""
+        uri = storage.join(self.uri, segment, "decisions", f"{run_id}.json")
+        try:
+            record: dict[str, Any] = json.loads(storage.read_bytes(uri))
+        except StorageError:
+            if storage.exists(uri):
+                raise
+            return None
+        return record
 
     # -- writing --------------------------------------------------------------------------
     def register(self, segment: str, model_text: bytes, record: dict[str, Any]) -> str:
@@ -134,43 +158,48 @@ class Registry:
         storage.write_bytes(storage.join(folder, "model.txt"), model_text)
         full = {**record, "pipeline": self.pipeline, "segment": segment, "version": version,
                 "model_sha256": digest, "registered_at": time.time()}
-        conditional_object(storage.join(folder, "version.json")).create(
-            json.dumps(full, indent=1, sort_keys=True).encode())
+        # A plain write (training workers register; they carry no S3 SDK): two runs
+        # registering the very same model at once both write it, and the last
+        # record's lineage stands. The model text is the same either way.
+        storage.write_bytes(storage.join(folder, "version.json"),
+                            json.dumps(full, indent=1, sort_keys=True).encode())
         return version
 
-    def move(self, segment: str, name: str, version: str, expected: Alias | None, *,
+    def move(self, segment: str, name: str, version: str, expected: str | None, *,
              run_id: str = "", by: str, reason: str) -> Moved:
-        """Point alias `name` at `version` if it is still as `expected` (None: absent).
+        """Point alias `name` at `version` if it still points at `expected` (the version
+        the caller judged against; None: no alias yet).
 
-        The check and the write are one conditional write, so of two callers
-        that read the same state exactly one moves it; the other gets
-        `won=False` and the alias as the winner left it.
+        The check and the write are one conditional write on the state read, so
+        of two callers that judged against the same version exactly one moves
+        it; the other gets `won=False` and the alias as the winner left it.
         """
         _check_alias(name)
         self.version(segment, version)  # only registered versions can be promoted
-        history = [] if expected is None else \
-            [expected.version, *[v for v in expected.history if v != expected.version]][:HISTORY]
+        current = self._tagged(segment, name)
+        if (current.version if current else None) != expected:
+            return Moved(False, current, lost_reason(current, name))
+        history = [] if current is None else \
+            [current.version, *[v for v in current.history if v != current.version]][:HISTORY]
         new = Alias(name, version, run_id, by, reason, time.time(), history)
         target = conditional_object(self._alias_uri(segment, name))
-        won = target.create(new.to_json()) if expected is None else \
-            target.replace(new.to_json(), expected.tag)
-        current = self.alias(segment, name)
-        if won:
-            return Moved(True, current)
-        return Moved(False, current, lost_reason(current))
+        won = target.create(new.to_json()) if current is None else \
+            target.replace(new.to_json(), current.tag)
+        now = self._tagged(segment, name)
+        return Moved(True, now) if won else Moved(False, now, lost_reason(now, name))
 
     def promote(self, segment: str, version: str, *, by: str, reason: str,
                 run_id: str = "") -> Moved:
         """Make `version` the champion now (a person's decision: no gate)."""
-        current = self.alias(segment)
+        current = self._tagged(segment, "champion")
         if current is not None and current.version == version:
             return Moved(False, current, f"version {version} is already the champion")
-        return self.move(segment, "champion", version, current, run_id=run_id, by=by,
-                         reason=reason)
+        return self.move(segment, "champion", version, current.version if current else None,
+                         run_id=run_id, by=by, reason=reason)
 
     def rollback(self, segment: str, *, by: str, reason: str = "rollback") -> Moved:
         """Make the previous champion the champion again."""
-        current = self.alias(segment)
+        current = self._tagged(segment, "champion")
         if current is None or not current.history:
             raise SpecError(f"model {self.pipeline}/{segment} has no earlier champion to roll "
                             "back to (`batchline models show` lists its versions; promote "
@@ -179,7 +208,7 @@ class Registry:
         new = Alias("champion", back, "", by, reason, time.time(), current.history[1:])
         target = conditional_object(self._alias_uri(segment, "champion"))
         won = target.replace(new.to_json(), current.tag)
-        now = self.alias(segment)
+        now = self._tagged(segment, "champion")
         return Moved(won, now, "" if won else lost_reason(now))
 
     def record_decision(self, segment: str, run_id: str, decision: dict[str, Any]) -> None:
@@ -201,10 +230,10 @@ class Registry:
         return record
 
 
-def lost_reason(current: Alias | None) -> str:
+def lost_reason(current: Alias | None, name: str = "champion") -> str:
     """Why a conditional move lost: who moved the alias first, and to what."""
     if current is None:
-        return "the alias was removed while this decision was made"
+        return f"the {name} was removed while this decision was made"
     who = f"run {current.run_id}" if current.run_id else current.by
     return (f"{who} moved {current.name} to version {current.version} first "
             f"({current.reason}); this decision was made against the earlier {current.name}")

@@ -9,7 +9,7 @@ it (`stages.score.inputs.model: <root>/registry/<pipeline>/_serving`) and
 needs nothing else from any training run; its fingerprint changes whenever
 a champion does, so a rerun scores again exactly when the champions moved.
 
-Republished by every fleet train worker after its commit and by `batchline
+Republished by the launcher once it settles a fleet's promotions and by `batchline
 models promote|rollback|publish`. Publishers do not lock one another: each
 commit is a complete snapshot of the aliases as its publisher read them, and
 the last commit stands; a snapshot that missed a concurrent promotion is

@@ -21,13 +21,16 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from batchline import fleet
+from batchline import fleet, promotion
 from batchline.errors import SpecError
 from batchline.params import FeaturesParams, IngestParams, ScoreParams, TrainParams
+
+if TYPE_CHECKING:
+    from batchline.task import StageTask
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class StageDef:
     merge_shards: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
     # judged on the committed metrics: a reason to fail the stage (exit 2), or None
     judge: Callable[[Mapping[str, Any]], str | None] | None = None
+    # after the judge, in the launcher: act on the commit (a fleet's promotions), given
+    # the task, the committed metrics and the judge's problem (None: it stands)
+    settle: Callable[[StageTask, Mapping[str, Any], str | None], None] | None = None
 
     @property
     def module(self) -> str:
@@ -88,7 +94,8 @@ _DEFS = (
              # search: Optuna, imported only when a spec has a `search:` section
              extras=("model", "search"), verify_on_reuse=True,
              # a fleet (spec `segments:`) trains one model per segment across its shards
-             merge_shards=fleet.merge_metrics, judge=fleet.verdict),
+             merge_shards=fleet.merge_metrics, judge=fleet.verdict,
+             settle=promotion.settle),
     StageDef("score", "the model's predictions for the population, in bounded batches",
              ScoreParams, inputs={"features": "features", "model": "model"},
              outputs=("predictions",), shardable=True,

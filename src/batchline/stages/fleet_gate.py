@@ -5,9 +5,11 @@ The challenger was just trained; the champion is whatever the registry's
 rows (rows neither model was fitted on in this run), in this run, so the
 comparison is like for like. The challenger must pass the spec's absolute
 checks (`promote.min_rows`, `promote.max_calibration_error`) and beat the
-champion by `promote.min_gain`; then the alias is moved by a conditional
-write, which another run may win first. Every decision, with its numbers,
-is recorded in the registry and returned for the leaderboard.
+champion by `promote.min_gain`. The verdict, with its numbers, goes into
+the worker's leaderboard; the launcher moves the aliases once the whole
+fleet is judged (`batchline.promotion`), by a conditional write that another
+run may win first, and records each decision in the registry. A fleet that
+fails promotes nothing.
 
 The global model is every other segment's fallback, so the first one is
 promoted even when it misses an absolute check (the decision says so).
@@ -99,10 +101,11 @@ def _absolute_problems(metrics: dict[str, Any], gate: PromoteSpec) -> list[str]:
 
 
 def decide(registry: Registry, key: str, version: str, metrics: dict[str, Any],
-           holdout: Holdout, params: TrainParams, run_id: str) -> dict[str, Any]:
-    """Judge the challenger `version` against the champion, move the alias if it wins,
-    record the decision; returns it, with `serving` (the version that scores the segment
-    now, or None: the global model does)."""
+           holdout: Holdout, params: TrainParams) -> dict[str, Any]:
+    """Judge the challenger `version` against the champion; writes nothing. The verdict
+    has `promote` (move the champion alias to `version`, if it still names
+    `champion_version`), `reason`, the numbers, and `serving`: the version this run
+    scores the segment with (None: the global model does)."""
     gate = params.promote or PromoteSpec()
     ours = metrics.get(f"{gate.metric}_valid")
     champion = registry.alias(key)
@@ -110,8 +113,7 @@ def decide(registry: Registry, key: str, version: str, metrics: dict[str, Any],
                                 "champion_version": champion.version if champion else None,
                                 "champion": None, "at": round(time.time(), 3)}
     if champion is not None and champion.version == version:
-        return _record(registry, key, run_id, decision, False,
-                       "the same model is the champion already", version)
+        return _verdict(decision, False, fleet.ALREADY_CHAMPION, version)
     problems = [] if ours is not None else \
         [f"{gate.metric} is not measured for objective {params.objective}; set promote.metric"]
     problems += _absolute_problems(metrics, gate)
@@ -130,25 +132,16 @@ def decide(registry: Registry, key: str, version: str, metrics: dict[str, Any],
                                 f"below promote.min_gain {gate.min_gain}")
     forced = champion is None and key == fleet.GLOBAL and problems
     if problems and not forced:
-        registry.move(key, "challenger", version, registry.alias(key, "challenger"),
-                      run_id=run_id, by="gate", reason="; ".join(problems))
-        return _record(registry, key, run_id, decision, False, "; ".join(problems),
-                       champion.version if champion else None)
+        return _verdict(decision, False, "; ".join(problems),
+                        champion.version if champion else None)
     reason = ("first model of this segment" if champion is None else
               f"{gate.metric} {ours} beats champion {decision['champion']} by at least "
               f"{gate.min_gain}")
     if forced:
         reason += f" (promoted despite: {'; '.join(problems)}: the fallback must exist)"
-    moved = registry.move(key, "champion", version, champion, run_id=run_id, by="gate",
-                          reason=reason)
-    if not moved.won:
-        return _record(registry, key, run_id, decision, False, moved.reason,
-                       moved.alias.version if moved.alias else None)
-    return _record(registry, key, run_id, decision, True, reason, version)
+    return _verdict(decision, True, reason, version)
 
 
-def _record(registry: Registry, key: str, run_id: str, decision: dict[str, Any],
-            promoted: bool, reason: str, serving: str | None) -> dict[str, Any]:
-    decision = {**decision, "promoted": promoted, "reason": reason, "serving": serving}
-    registry.record_decision(key, run_id, decision)
-    return decision
+def _verdict(decision: dict[str, Any], promote: bool, reason: str,
+             serving: str | None) -> dict[str, Any]:
+    return {**decision, "promote": promote, "reason": reason, "serving": serving}

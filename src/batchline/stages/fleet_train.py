@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from batchline import fleet, registry_serving, storage
+from batchline import fleet, storage
 from batchline.errors import DataError
 from batchline.params import SEGMENT_COLUMN, SegmentsSpec, TrainParams
 from batchline.registry import Registry
@@ -172,8 +172,8 @@ def run(task: StageTask, params: TrainParams, trainer: Trainer = single.train
         # Alone, this worker's commit is the fleet's; sharded, the launcher merges.
         metrics = fleet.merge_metrics([part]) if task.shard_count == 1 else part
         out.commit(metrics)
-    # A scoring-only run reads the champions from this snapshot.
-    registry_serving.publish(Registry(task.storage_root, pipeline_name(task)), task.run_id)
+    # The launcher moves the aliases the gate decided on, once the whole fleet is judged
+    # (batchline.promotion), and republishes the serving snapshot.
     return summary(metrics)
 
 
@@ -181,7 +181,7 @@ def _one(out: storage.DatasetWriter, dataset: ds.Dataset, key: str, value: str |
          base: TrainParams, trainer: Trainer, carried: Carried, task: StageTask
          ) -> dict[str, Any]:
     """Train (or carry over) one model, put it through the promotion gate, and write the
-    files of the version that serves the segment now; its leaderboard entry."""
+    files of the version that serves the segment in this run; its leaderboard entry."""
     kept = carried.take(key)
     if kept is not None:
         entry, files = kept
@@ -190,7 +190,7 @@ def _one(out: storage.DatasetWriter, dataset: ds.Dataset, key: str, value: str |
         entry = dict(entry)
         log.info("train: segment %s: carried over from an earlier attempt", key)
         return entry
-    registry = Registry(task.storage_root, pipeline_name(task))
+    registry = Registry(task.storage_root, fleet.pipeline_name(task.placement))
     started = time.monotonic()
     rows = dataset if key == fleet.GLOBAL else segment_rows(dataset, value)
     try:
@@ -214,7 +214,7 @@ def _one(out: storage.DatasetWriter, dataset: ds.Dataset, key: str, value: str |
         # every candidate of the segment's search, when the spec has `search:`
         "leaderboard": model.leaderboard})
     decision = fleet_gate.decide(registry, key, version, single.commit_metrics(model),
-                                 fleet_gate.Holdout.of(data), base, task.run_id)
+                                 fleet_gate.Holdout.of(data), base)
     entry.update(decision=decision, serving_version=decision["serving"])
     if decision["serving"] == version:
         out.write_file(fleet.model_file(key, "txt"), model.text.encode())
@@ -225,7 +225,7 @@ def _one(out: storage.DatasetWriter, dataset: ds.Dataset, key: str, value: str |
     log.info("train: segment %s: trained in %.1fs (%s); %s: %s", key,
              time.monotonic() - started,
              ", ".join(f"{k} {entry[k]}" for k in BOARD_METRICS[:5] if k in entry),
-             "promoted" if decision["promoted"] else "not promoted", decision["reason"])
+             "passes the gate" if decision["promote"] else "refused", decision["reason"])
     return entry
 
 
@@ -235,15 +235,6 @@ def serve(out: storage.DatasetWriter, registry: Registry, key: str, version: str
     out.write_file(fleet.model_file(key, "txt"), registry.model_text(key, version))
     out.write_file(fleet.model_file(key, "json"),
                    json.dumps(record["card"], indent=2, sort_keys=True).encode())
-
-
-def pipeline_name(task: StageTask) -> str:
-    """The pipeline the registry files this run's models under."""
-    name = task.placement.get("pipeline")
-    if not name:
-        raise DataError("the task names no pipeline (placement.pipeline); a fleet's models "
-                        "are registered under it: run it through batchline run")
-    return str(name)
 
 
 def lineage(task: StageTask, params: TrainParams) -> dict[str, Any]:
@@ -269,7 +260,7 @@ def worker_metrics(board: list[dict[str, Any]], segments: SegmentsSpec) -> dict[
                                 for r in board),
         "segments_failed": len(failed), "failed_parts": failed,
         "segments_fallback": sum(r["status"] == fleet.FALLBACK for r in board),
-        "segments_promoted": sum(bool(r.get("decision", {}).get("promoted"))
+        "segments_promoted": sum(bool(r.get("decision", {}).get("promote"))
                                  and r["segment"] != fleet.GLOBAL for r in board),
         "max_failed_fraction": segments.max_failed_fraction})
     return metrics

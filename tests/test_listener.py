@@ -19,7 +19,7 @@ from typing import Any
 import boto3
 import pytest
 import yaml
-from conftest import BATCHLINE, SPEC, eventually, fingerprints, run_cli
+from conftest import BATCHLINE, SPEC, eventually, fingerprints, free_port, run_cli
 from s3_events import counts, drain, send, wire
 
 from batchline import layout, storage
@@ -306,3 +306,21 @@ def test_a_started_run_whose_launcher_died_is_resumed_by_a_later_delivery(
     assert _all_ended(root, 1) == [run_id]  # resumed to its end: the same run, no other
     assert listeners.stop() == Counter({"resumed": 1})
     assert "had lost its launcher; resumed" in listeners.log(0)
+
+
+def test_a_queue_that_does_not_answer_is_exit_3_and_a_wrong_one_exit_2(
+        tmp_path: Path, s3_bucket: str) -> None:
+    """SQS unreachable is an outage (exit 3: restart the listener later); a queue SQS says
+    does not exist is the user's to fix (exit 2). Both name the queue."""
+    spec = _spec(tmp_path, s3_bucket.removeprefix("s3://"))
+    there = boto3.client("sqs").create_queue(QueueName="there")["QueueUrl"]
+    wrong = there.replace("/there", "/not-there")
+    refused = run_cli("listen", str(spec), "--queue", wrong)
+    assert refused.returncode == 2, refused.stderr
+    assert f"--queue {wrong}: cannot read the queue" in refused.stderr
+    down = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    silent = run_cli("listen", str(spec), "--queue", wrong,
+                     env={"AWS_ENDPOINT_URL_SQS": down, "AWS_MAX_ATTEMPTS": "2"})
+    assert silent.returncode == 3, silent.stderr
+    assert f"--queue {wrong}: SQS did not answer" in silent.stderr
+    assert "Traceback" not in silent.stderr + refused.stderr

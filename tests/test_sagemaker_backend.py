@@ -16,17 +16,21 @@ from typing import Any
 
 import boto3
 import pytest
-from conftest import fingerprints, sagemaker_backend
+from conftest import ROOT, fingerprints, sagemaker_backend
 from test_backend_contract import spec_with, upload_demo, upload_wide_parquet
 
-from batchline import layout, storage
+from batchline import fleet, layout, storage
 from batchline.backends import get_backend
 from batchline.causes import Cause
+from batchline.demo_data import generate
 from batchline.errors import StageFailed
 from batchline.launcher import Launcher
 from batchline.manifest import RunManifest
+from batchline.registry import Registry
+from batchline.spec import load_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.podman]
+FLEET = ROOT / "jobs" / "readmission_fleet.yaml"
 
 
 def attempts(manifest: RunManifest, stage: str) -> list[tuple[int, Any, int | None]]:
@@ -141,3 +145,36 @@ def test_out_of_memory_names_the_instance_type(sagemaker_harness: Any, s3_bucket
     unknown = [r.getMessage() for r in caplog.records if "unknown status" in r.getMessage()]
     # (a Processing Job has no secondary status: the SDK drops the harness's one)
     assert len(unknown) == 1 and "unknown status Paused" in unknown[0]
+
+
+def test_a_fleet_trains_on_two_instances_and_the_launcher_promotes(
+        sagemaker_harness: Any, s3_bucket: str, tmp_path: Path) -> None:
+    """A 20-hospital fleet: train's two shards are one training job on two instances
+    (each host takes its shard from resourceconfig.json), and the launcher, not the
+    images, moves the registry's aliases on S3."""
+    generate(12_000, tmp_path / "data", seed=5, hospitals=20, fleet=True)
+    source = f"{s3_bucket}/landing/fleet.csv"
+    storage.write_bytes(source, (tmp_path / "data" / "encounters.csv").read_bytes())
+    spec = load_spec(FLEET, {"stages.ingest.params.source": source, "segments.min_rows": 150,
+                             "stages.train.params.num_boost_round": 40,
+                             "promote.max_calibration_error": 0.5, "promote.min_rows": 0})
+    run_id = f"fleet-{uuid.uuid4().hex[:6]}"
+    root = f"{s3_bucket}/fleet"
+    manifest = Launcher(spec, root, sagemaker_backend(), run_id).run()
+    assert manifest.state == "succeeded"
+
+    train = next(j for j in sagemaker_harness.jobs.values() if j.name == f"{run_id}-train-a1")
+    assert (train.kind, train.instances["InstanceCount"], train.exit_codes) == \
+        ("training", 2, [0, 0])
+    model = manifest.stage("train").outputs["model"]
+    shards = [storage.committed(f"{model}/shard-0000{i}").metrics for i in (0, 1)]
+    assert all(s["segments_trained"] + int(s.get("trained_global", 0)) > 0 for s in shards)
+    board = {row["segment"]: row for row in fleet.read_leaderboard(model)}
+    own = [k for k, r in board.items() if r["status"] == fleet.OK]
+    assert fleet.GLOBAL in own and len(own) > 5
+    registry = Registry(root, "readmission-fleet")
+    for key in own:
+        champion = registry.alias(key)
+        assert champion is not None and champion.run_id == run_id
+        assert champion.version == board[key]["model_version"]
+        assert registry.decision(key, run_id)["promoted"] is True  # type: ignore[index]

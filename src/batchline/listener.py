@@ -52,7 +52,13 @@ class Listener:
             try:
                 attrs = self._sqs.get_queue_attributes(QueueUrl=self.queue_url,
                                                        AttributeNames=["VisibilityTimeout"])
-            except Exception as exc:  # botocore's errors: one message, exit 2
+            except Exception as exc:  # botocore's errors, as one message
+                if not _refused(exc):  # SQS down or unreachable: exit 3, restart later
+                    raise BatchlineError(
+                        f"--queue {self.queue_url}: SQS did not answer ({exc}); nothing was "
+                        "read from the queue. Check the network and the endpoint "
+                        "(AWS_ENDPOINT_URL_SQS); the listener can simply be restarted") \
+                        from exc
                 raise SpecError(f"--queue {self.queue_url}: cannot read the queue ({exc}); "
                                 "check the URL, the region and sqs:GetQueueAttributes") from exc
             self.visibility_seconds = max(1, int(attrs["Attributes"]["VisibilityTimeout"]))
@@ -153,6 +159,17 @@ class _Extender:
                                                    VisibilityTimeout=self.seconds)
             except Exception as exc:  # botocore errors: the message may come back, logged
                 log.warning("could not extend a message's visibility: %s", exc)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether SQS answered and said no (a 4xx other than throttling: a wrong URL, a
+    missing permission), as opposed to not answering (connection trouble, 5xx)."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return False
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    code = str(response.get("Error", {}).get("Code", ""))
+    return 400 <= status < 500 and status != 429 and "Throttl" not in code
 
 
 def _sqs_client() -> Any:

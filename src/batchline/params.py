@@ -364,6 +364,21 @@ class SourcePopulation(_Params):
     source: str = Field(min_length=1)
 
 
+class DriftSpec(_Params):
+    """Drift of the scored population from the model's training rows (PSI per feature and
+    for the predictions, against the profile train stores beside the model)."""
+
+    enabled: bool = Field(True, description="false skips the histograms (and their cost)")
+    warn: float = Field(0.1, gt=0.0, description="PSI from which a shift is moderate")
+    alert: float = Field(0.25, gt=0.0, description="PSI above which a shift is major")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftSpec:
+        if self.alert < self.warn:
+            raise ValueError(f"alert ({self.alert}) must be at least warn ({self.warn})")
+        return self
+
+
 class ScoreParams(_Segmented):
     """Which rows to score (`population`) and which columns identify them."""
 
@@ -375,3 +390,5 @@ class ScoreParams(_Segmented):
                               "stage (exit 2) instead of committing 0 predictions with a warning")
     batch_rows: int = Field(100_000, ge=1_000)
     num_threads: int = Field(2, ge=1, le=256)
+    drift: DriftSpec = Field(default_factory=DriftSpec, description="PSI of every feature "
+                             "and of the predictions against the training rows")

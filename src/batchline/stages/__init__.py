@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from batchline import fleet, promotion
+from batchline import fleet, promotion, psi
 from batchline.errors import SpecError
 from batchline.params import FeaturesParams, IngestParams, ScoreParams, TrainParams
 
@@ -99,7 +99,9 @@ _DEFS = (
     StageDef("score", "the model's predictions for the population, in bounded batches",
              ScoreParams, inputs={"features": "features", "model": "model"},
              outputs=("predictions",), shardable=True,
-             summary=("model_version", "rows_scored"),
+             summary=("model_version", "rows_scored", "drift_alerts"),
+             # the shards' drift histograms summed: the population's drift
+             merge_shards=psi.merge_score_metrics,
              # DuckDB too: a `population: {where: ...}` predicate runs in it
              extras=("model", "features")),
 )

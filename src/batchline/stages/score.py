@@ -29,9 +29,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from batchline import cpu, storage
+from batchline import cpu, psi, storage
 from batchline.errors import DataError, SpecError, StorageError
 from batchline.params import ScoreParams, SourcePopulation, SqlPopulation
+from batchline.stages import drift
 from batchline.stages.linear_baseline import LinearModel
 from batchline.stages.matrix import FeatureMap, arrow_data_errors
 from batchline.task import StageTask
@@ -111,10 +112,11 @@ def prediction_columns(raw: np.ndarray, card: dict[str, Any] | None) -> list[pa.
 
 @dataclass
 class Tally:
-    """What score_batches saw, for the commit's metrics."""
+    """What score_batches saw, for the commit's metrics (and the drift histograms)."""
 
     rows: int = 0
     warnings: list[str] = field(default_factory=list)
+    drift: drift.Tally | None = None
 
 
 def score_batches(batches: Iterable[pa.RecordBatch], booster: Predictor, fmap: FeatureMap,
@@ -136,6 +138,8 @@ def score_batches(batches: Iterable[pa.RecordBatch], booster: Predictor, fmap: F
         n = batch.num_rows
         if tally is not None:
             tally.rows += n
+            if tally.drift is not None:
+                tally.drift.add(matrix, raw)
         yield pa.RecordBatch.from_arrays(
             [*(batch.column(c) for c in id_columns), *prediction_columns(raw, card),
              pa.array([model_version] * n, pa.string()), pa.array([run_id] * n, pa.string())],
@@ -212,6 +216,22 @@ def _sql_population(dataset: ds.Dataset, params: ScoreParams, where: str,
         con.close()
 
 
+def drift_tally(model_uri: str, fmap: FeatureMap, tally: Tally) -> drift.Tally | None:
+    """The drift histograms to fill, from the model's profile; None (and a warning) for a
+    model trained before profiles existed."""
+    record = storage.committed(model_uri)
+    found = [f for f in record.files if f.path.rsplit("/", 1)[-1] == drift.PROFILE]
+    if not found:
+        tally.warnings.append(f"score: {model_uri} has no {drift.PROFILE} (trained by an "
+                              "older batchline): no drift check; train again to get one")
+        return None
+    data = storage.read_bytes(storage.join(model_uri, found[0].path))
+    if hashlib.sha256(data).hexdigest() != found[0].sha256:
+        raise DataError(f"{model_uri}/{drift.PROFILE} does not match its recorded sha256; "
+                        "it was changed after training: retrain")
+    return drift.Tally(json.loads(data), fmap)
+
+
 def commit_metrics(tally: Tally, params: ScoreParams, model_version: str,
                    shard: tuple[int, int], population_size: Any) -> dict[str, Any]:
     """The metrics committed with the predictions; an empty population warns or fails."""
@@ -227,8 +247,15 @@ def commit_metrics(tally: Tally, params: ScoreParams, model_version: str,
         if empty:
             warnings.append(f"score: the population ({_describe(params)}) is empty; 0 "
                             "predictions were committed")
-    return {"model_version": model_version, "rows_scored": tally.rows, "warnings": warnings,
-            "population": _describe(params)}
+    metrics: dict[str, Any] = {"model_version": model_version, "rows_scored": tally.rows,
+                               "population": _describe(params)}
+    if tally.drift is not None and tally.rows:
+        metrics["drift"] = tally.drift.result(params.drift.warn, params.drift.alert)
+        metrics["drift_alerts"] = len(metrics["drift"]["drifted"])
+        # A shard's own drift is of its rows only: the union's (merged) is the one to read.
+        if shard[1] == 1:
+            warnings += psi.warnings(metrics["drift"])
+    return {**metrics, "warnings": warnings}
 
 
 def _describe(params: ScoreParams) -> str:
@@ -254,6 +281,8 @@ def run(task: StageTask) -> dict[str, Any]:
     columns = list(dict.fromkeys([*params.id_columns, *fmap.features]))
     schema = prediction_schema([dataset.schema.field(c) for c in params.id_columns], card)
     version, shard, tally = card["model_version"], (task.shard_index, task.shard_count), Tally()
+    if params.drift.enabled:
+        tally.drift = drift_tally(task.inputs["model"], fmap, tally)
 
     def population_size() -> int:
         return sum(b.num_rows for b in population_batches(dataset, params, card["label"],

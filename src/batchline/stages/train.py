@@ -33,6 +33,7 @@ from batchline import cpu, storage
 from batchline.errors import DataError, SpecError
 from batchline.metrics import accuracy, auc, calibration, log_loss, mae, multi_log_loss, r2, rmse
 from batchline.params import GroupSplit, RandomSplit, TimeSplit, TrainParams
+from batchline.stages import drift
 from batchline.stages import split as splits
 from batchline.stages.labels import check_label_type, code_labels
 from batchline.stages.lgb_params import lightgbm_param_problems
@@ -381,8 +382,19 @@ def commit_metrics(model: TrainedModel) -> dict[str, Any]:
     return metrics
 
 
+def profile(model: TrainedModel, card: dict[str, Any], data: TrainingData,
+            num_threads: int) -> dict[str, Any]:
+    """The drift reference of a model: its training rows' features and predictions."""
+    from batchline.stages import score  # the same predictor score will use
+
+    fitted = score.predictor(model.text.encode(), card, "model.json")
+    predictions = np.asarray(fitted.predict(data.x, num_threads=cpu.threads(num_threads)))
+    return drift.reference(data.x, predictions, model.feature_map)
+
+
 def run(task: StageTask) -> dict[str, Any]:
-    """Train on the committed features; commit `model` (model.txt + model.json)."""
+    """Train on the committed features; commit `model` (model.txt + model.json +
+    profile.json)."""
     params = TrainParams(**task.params)
     if params.segments is not None:
         from batchline.stages import fleet_train  # a fleet: one model per segment
@@ -395,6 +407,9 @@ def run(task: StageTask) -> dict[str, Any]:
     with task.writer("model") as out:
         out.write_file("model.txt", model.text.encode())
         out.write_file("model.json", json.dumps(card, indent=2, sort_keys=True).encode())
+        # What score's drift check compares each population with (no raw rows).
+        out.write_file(drift.PROFILE, drift.dumps(profile(model, card, data,
+                                                                params.num_threads)))
         if model.leaderboard is not None:
             out.write_file("leaderboard.json",
                            json.dumps(model.leaderboard, indent=2, sort_keys=True).encode())

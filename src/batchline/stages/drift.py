@@ -50,6 +50,8 @@ class Histogram:
     def __post_init__(self) -> None:
         if not self.counts:
             self.counts = [0] * (self.bins + 1)
+        # the edges as the values' type, made once (searchsorted would convert each batch)
+        self._cuts = np.asarray(self.edges or [], dtype=np.float32)
 
     @property
     def bins(self) -> int:
@@ -60,7 +62,7 @@ class Histogram:
         missing = np.isnan(values)
         present = values[~missing]
         if self.edges is not None:
-            index = np.searchsorted(np.asarray(self.edges), present, side="right")
+            index = np.searchsorted(self._cuts, present, side="right")
         else:
             index = present.astype(np.int64)
         counts = np.bincount(index, minlength=self.bins)

@@ -6,6 +6,7 @@ Small on purpose (CI time): 20 hospitals of 150-1,500 rows, tiny models.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from conftest import ROOT, run_cli
 from batchline import fleet, storage
 from batchline.client import Client
 from batchline.demo_data import generate
-from batchline.errors import StageFailed
+from batchline.errors import BatchlineError, StageFailed
 from batchline.manifest import RunManifest
 from batchline.params import SEGMENT_COLUMN
 
@@ -192,3 +193,30 @@ def test_a_shifted_hospital_gets_a_new_champion_the_others_stay_and_scoring_need
                 if r["model_segment"] == "H007"}
     assert set(versions.values()) == {before["H007"].version}  # type: ignore[union-attr]
     assert first.stage("score").state.value == "succeeded"
+
+
+def test_a_resumed_run_settles_the_promotions_its_dead_launcher_left(tmp_path: Path) -> None:
+    """train committed, then its launcher died before moving the aliases (played here by
+    removing them) and score failed: `resume` reuses train's commit and settles it."""
+    generate(12_000, tmp_path / "clean", seed=3, hospitals=20, fleet=True)  # none fails
+    root = tmp_path / "store"
+    client = Client(str(root))
+    with pytest.raises(BatchlineError):  # score: a population source that is not there
+        client.run(str(FLEET), run_id="cut", sets=_sets(
+            tmp_path / "clean" / "encounters.csv",
+            **{"stages.score.params.population": {"source": str(tmp_path / "x")}}))
+    registry = client.registry("readmission-fleet")
+    settled = {s: registry.alias(s) for s in registry.segments()}
+    assert settled and all(a is not None and a.run_id == "cut" for a in settled.values())
+    for segment in settled:
+        for folder in ("aliases", "decisions"):
+            shutil.rmtree(root / "registry" / "readmission-fleet" / segment / folder)
+    assert all(registry.alias(s) is None for s in settled)
+
+    with pytest.raises(BatchlineError):
+        client.resume("cut")
+    train = client.status("cut").stage("train")
+    assert train.state.value == "reused" and {a.number for a in train.attempts} == {1}
+    assert {s: registry.alias(s).version for s in settled} == \
+        {s: a.version for s, a in settled.items()}  # type: ignore[union-attr]
+    assert all(registry.decision(s, "cut")["promoted"] for s in settled)  # type: ignore[index]

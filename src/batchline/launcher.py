@@ -243,6 +243,10 @@ class Launcher:
                                on_problem=lambda p: log.warning(
                                    "stage %s: not reusing a damaged commit: %s", stage, p))
         if hit is not None:
+            if hit.run_id == self.run_id and STAGES[stage].settle is not None:
+                # This run committed it, and its launcher may have died before settling
+                # it (a fleet's promotions): settling is idempotent, so settle again.
+                self._judge(self._task(stage, key, dict(hit.outputs), 1))
             where = "this run" if hit.run_id == self.run_id else f"run {hit.run_id}"
             self._finish(stage, StageState.REUSED, hit.outputs, hit.records, key, parts,
                          f"reused outputs committed by {where} (same key {key})")

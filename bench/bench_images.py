@@ -13,9 +13,7 @@ Usage: python bench/bench_images.py   (needs `make images`)
 
 from __future__ import annotations
 
-import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from moto.server import ThreadedMotoServer
+from moto_local import start_moto
 
 from batchline import layout, storage
 from batchline.backends.container import ContainerBackend
@@ -40,12 +38,6 @@ SPEC = HERE.parent / "jobs" / "readmission.yaml"
 IMAGES = (*STAGES, "launcher")
 REPEATS = 5
 ROLE = "arn:aws:iam::123456789012:role/bench"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def image_sizes() -> dict[str, float]:
@@ -72,13 +64,7 @@ def _task(root: str, attempt: int, image: str) -> StageTask:
 
 
 def start_overhead() -> dict[str, float]:
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                       "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_REGION": "us-east-1"})
+    server = start_moto()
     s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
     s3.create_bucket(Bucket="bench")
     s3.put_object(Bucket="bench", Key="tiny.csv",

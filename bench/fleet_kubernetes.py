@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the harness: kmock's API server + Pod
 
 import boto3  # noqa: E402
 from kube_cluster import Cluster, PodmanKubelet  # noqa: E402
-from moto.server import ThreadedMotoServer  # noqa: E402
+from moto_local import start_moto  # noqa: E402
 
 from batchline import fleet, storage  # noqa: E402
 from batchline.manifest import RunManifest  # noqa: E402
@@ -43,26 +41,13 @@ SPEC = ROOT / "jobs" / "readmission_fleet.yaml"
 RUN_ID = "fleet-k8s"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("data", type=Path, help="folder with the fleet's encounters.csv")
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "bench-fleet-k8s")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-                       "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"})
+    moto = start_moto()
     boto3.client("s3").create_bucket(Bucket="bench-fleet")
     source, root = "s3://bench-fleet/source/encounters.csv", "s3://bench-fleet/store"
     boto3.client("s3").upload_file(str(args.data / "encounters.csv"), "bench-fleet",

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightgbm as lgb
@@ -81,6 +81,8 @@ class TrainedModel:
     metrics: dict[str, Any]
     leaderboard: dict[str, Any] | None = None  # every candidate of a search, when there was one
     kind: str = "lightgbm"  # or "linear" (a search's linear winner, JSON text)
+    # its predictions for the validation rows (the drift profile's reference; not saved)
+    valid_predictions: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def sha256(self) -> str:
@@ -306,7 +308,7 @@ def train(data: TrainingData, params: TrainParams) -> TrainedModel:
     model.metrics["search"] = found.summary
     model.metrics["warnings"] = [*model.metrics["warnings"], *found.warnings]
     return TrainedModel(model.text, model.feature_map, model.metrics, found.leaderboard,
-                        model.kind)
+                        model.kind, model.valid_predictions)
 
 
 def _measured(booster: lgb.Booster, data: TrainingData, params: TrainParams) -> TrainedModel:
@@ -335,7 +337,7 @@ def _described(data: TrainingData, params: TrainParams, pred: np.ndarray, best: 
     }
     if data.classes is not None:
         metrics["classes"] = data.classes
-    return TrainedModel(text, data.feature_map, metrics, kind=kind)
+    return TrainedModel(text, data.feature_map, metrics, kind=kind, valid_predictions=pred)
 
 
 def model_card(model: TrainedModel, params: TrainParams, run_id: str) -> dict[str, Any]:
@@ -387,14 +389,18 @@ PROFILE_ROWS = 200_000
 
 def profile(model: TrainedModel, card: dict[str, Any], data: TrainingData,
             num_threads: int) -> dict[str, Any]:
-    """The drift reference of a model: its training rows' features and predictions."""
-    from batchline.stages import score  # the same predictor score will use
-
-    fitted = score.predictor(model.text.encode(), card, "model.json")
-    # Every k-th row, at most PROFILE_ROWS: bins of 200,000 rows are as good as of all
-    # of them, and predicting millions of rows again would add to train's time.
+    """The drift reference of a model: its rows' features (every k-th row, at most
+    PROFILE_ROWS: bins of 200,000 rows are as good as of all of them) and its predictions
+    for the validation rows, which it never saw, as it never saw the rows it will score
+    (computed already for the metrics; predicted here only if they are missing)."""
     rows = data.x[::max(1, -(-len(data.x) // PROFILE_ROWS))]
-    predictions = np.asarray(fitted.predict(rows, num_threads=cpu.threads(num_threads)))
+    predictions = model.valid_predictions
+    if predictions is None:
+        from batchline.stages import score  # the same predictor score will use
+
+        fitted = score.predictor(model.text.encode(), card, "model.json")
+        predictions = np.asarray(fitted.predict(data.valid[0],
+                                                num_threads=cpu.threads(num_threads)))
     return drift.reference(rows, predictions, model.feature_map)
 
 

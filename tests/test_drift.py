@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import ROOT
+from conftest import ROOT, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -136,6 +136,14 @@ def test_a_shifted_lab_value_or_a_new_diagnosis_group_is_flagged_on_exactly_it(
     assert [n for n in lab["drift"]["drifted"] if n != psi.PREDICTION] == ["hemoglobin"]
     assert lab["drift"]["psi"]["hemoglobin"]["band"] == psi.MAJOR
     assert any(w.startswith("drift: hemoglobin PSI") for w in lab["warnings"])
+    # Runs compared at a glance: the model's AUC, rows scored, drift alerts.
+    listed = run_cli("runs", "--storage", str(out / "store")).stdout.splitlines()
+    line = next(x for x in listed if x.startswith("shifted-lab\t"))
+    assert line.endswith(f"rows_scored {sample.num_rows:,}, drift_alerts "
+                         f"{len(lab['drift']['drifted'])}"), line
+    assert "\tauc_valid 0." in line
+    shown = run_cli("status", "same", "--storage", str(out / "store")).stdout
+    assert "figures: auc_valid 0." in shown and "drift_alerts 0" in shown
 
     group = sample.column("diagnosis_group")
     renamed = pc.if_else(pc.less(pa.array(np.arange(sample.num_rows)), sample.num_rows // 3),

@@ -405,14 +405,15 @@ def runs(storage_opt: StorageOpt = None, as_json: Annotated[bool, typer.Option(
         for m in manifests:
             created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(m.created_at))
             states = " ".join(f"{s}:{e.state}" for s, e in m.stages.items())
-            rows.append((m.run_id, m.pipeline, m.shown_state(), m.backend, created, states))
+            rows.append((m.run_id, m.pipeline, m.shown_state(), m.backend, created, states,
+                         cli_output.figures(m)))
         rows += [(rid, "", "unreadable", "", "", "manifest missing or damaged: "
-                  "`batchline status` says more") for rid in unreadable]
+                  "`batchline status` says more", "") for rid in unreadable]
         if cli_output.is_terminal(sys.stdout):
             from rich.console import Console
             from rich.table import Table
 
-            table = Table("run", "pipeline", "state", "backend", "created", "stages")
+            table = Table("run", "pipeline", "state", "backend", "created", "stages", "figures")
             table.columns[0].no_wrap = True
             for row in rows:
                 table.add_row(*row)
@@ -438,6 +439,10 @@ def status(run_id: RunArg, storage_opt: StorageOpt = None, as_json: JsonOpt = Fa
             _say(report.to_json(manifest))
         else:
             _show_manifest(manifest)
+            from batchline.cli_output import figures
+
+            if figures(manifest):
+                _say(f"figures: {figures(manifest)}")
             if manifest.reason and manifest.state is not RunState.SUCCEEDED:
                 _say(f"run: {manifest.reason}")
             for stage, entry in manifest.stages.items():

@@ -86,6 +86,25 @@ def number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:.4f}"
 
 
+# What `runs` and `status` show of a run's metrics, to compare runs at a glance: the
+# model's headline figure (the first its objective has), a fleet's counts, what score did.
+FIGURES = {"train": (("auc_valid", "r2_valid", "accuracy_valid"),
+                     ("segments_trained", "segments_failed")),
+           "score": (("rows_scored",), ("drift_alerts",))}
+
+
+def figures(manifest: RunManifest) -> str:
+    """The run's key figures in one line ("" before any stage has metrics)."""
+    parts = []
+    for stage, groups in FIGURES.items():
+        metrics = manifest.stages[stage].metrics if stage in manifest.stages else {}
+        first, rest = groups
+        headline = next((k for k in first if k in metrics), None)
+        for key in ([headline] if headline else []) + [k for k in rest if k in metrics]:
+            parts.append(f"{key} {number(metrics[key])}")
+    return ", ".join(parts)
+
+
 def summary_lines(manifest: RunManifest, seconds: float) -> list[str]:
     """After a run: each stage's metrics and warnings, then one line of counts."""
     lines = []

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, run_cli
 
@@ -220,3 +221,47 @@ def test_a_resumed_run_settles_the_promotions_its_dead_launcher_left(tmp_path: P
     assert {s: registry.alias(s).version for s in settled} == \
         {s: a.version for s, a in settled.items()}  # type: ignore[union-attr]
     assert all(registry.decision(s, "cut")["promoted"] for s in settled)  # type: ignore[index]
+
+
+def test_each_segment_model_is_checked_for_drift_on_its_own_rows(fleet_csv: Path,
+                                                                  tmp_path: Path) -> None:
+    """Scored on rows like its training rows, no model shows drift; with one hospital's lab
+    value shifted, that hospital's model flags it and no other does. Segments with fewer
+    than drift.min_rows scored rows are recorded, not judged."""
+    client = Client(str(tmp_path / "store"))
+    first = client.run(str(FLEET), sets=_sets(fleet_csv), run_id="first")
+    scored = storage.committed(first.stage("score").outputs["predictions"]).metrics
+    assert all(r["rows"] < 100 and not r["drifted"] for r in scored["drift_segments"].values()
+               if r["rows"] < 100)  # the unlabelled rows: a few dozen per hospital
+
+    features = storage.open_dataset(first.stage("features").outputs["features"]).to_table()
+    labelled = features.filter(pc.is_valid(features.column("readmitted_30d")))
+    lab = labelled.column("hemoglobin")
+    in_h007 = pc.equal(labelled.column(SEGMENT_COLUMN), "H007")
+    populations = {"same": labelled, "shifted": labelled.set_column(
+        labelled.schema.get_field_index("hemoglobin"), "hemoglobin",
+        pc.if_else(in_h007, pc.add(lab, pa.scalar(3.0, lab.type)), lab))}
+    found = {}
+    for name, table in populations.items():
+        pq.write_table(table, tmp_path / f"{name}.parquet")
+        run = client.run(str(FLEET), run_id=name, sets=_sets(fleet_csv, **{
+            "stages.score.params.population": {"source": str(tmp_path / f"{name}.parquet")}}))
+        assert run.stage("train").state.value == "reused"
+        found[name] = storage.committed(run.stage("score").outputs["predictions"]).metrics
+    def features(result: dict) -> dict[str, list[str]]:
+        # Predictions are left out: on its own training rows a model predicts more
+        # sharply than on the validation rows its profile holds, which is no drift.
+        return {k: [n for n in r["drifted"] if n != "prediction"]
+                for k, r in result["drift_segments"].items()}
+    same, shifted = features(found["same"]), features(found["shifted"])
+    # The global model scores only the small hospitals' rows: their mix differs from
+    # the all-hospital rows it was trained on, a real difference the check reports.
+    assert {k: v for k, v in same.items() if v} == {fleet.GLOBAL: ["hospital_id"]}
+    assert {k: v for k, v in shifted.items() if v != same[k]} == {"H007": ["hemoglobin"]}
+    assert found["shifted"]["drift_segments"]["H007"]["rows"] == pc.sum(in_h007).as_py()
+    assert any(w.startswith("drift: segment H007") and "hemoglobin" in w
+               for w in found["shifted"]["warnings"])
+    # Each trained model's profile is registered beside it, for later runs to serve.
+    champion = client.registry("readmission-fleet").alias("H007")
+    assert champion is not None
+    assert client.registry("readmission-fleet").file("H007", champion.version, "profile.json")

@@ -371,6 +371,8 @@ class DriftSpec(_Params):
     enabled: bool = Field(True, description="false skips the histograms (and their cost)")
     warn: float = Field(0.1, gt=0.0, description="PSI from which a shift is moderate")
     alert: float = Field(0.25, gt=0.0, description="PSI above which a shift is major")
+    min_rows: int = Field(100, ge=1, description="scored rows a model needs before its "
+                          "drift is judged (fewer: PSI recorded, no band)")
 
     @model_validator(mode="after")
     def _ordered(self) -> DriftSpec:

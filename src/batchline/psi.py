@@ -22,8 +22,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 FLOOR = 1e-4
+PROFILE = "profile.json"  # a model's drift reference, beside it (stages/drift.py writes it)
 PREDICTION = "prediction"  # the profile's entry for the model's output
 STABLE, MODERATE, MAJOR = "stable", "moderate", "major"
+UNJUDGED = "too few rows"  # a population below `min_rows`: PSI recorded, no band
 
 
 def psi(expected: Sequence[int], actual: Sequence[int]) -> float:
@@ -52,10 +54,13 @@ def band(value: float, warn: float, alert: float) -> str:
 
 
 def report(reference: Mapping[str, Mapping[str, Any]], counts: Mapping[str, Sequence[int]],
-           warn: float, alert: float) -> dict[str, Any]:
+           warn: float, alert: float, min_rows: int = 1) -> dict[str, Any]:
     """PSI and band per feature and for the predictions, beside the bins and counts.
 
     `reference`: name -> the profile's histogram ({counts, edges} or {counts, codes}).
+    Below `min_rows` scored rows nothing is banded: with a handful of rows most bins
+    are empty, and an empty bin alone adds about share * ln(share / FLOOR) (0.7 for a
+    tenth of the rows), far beyond any noise estimate.
     """
     out: dict[str, Any] = {}
     for name, expected in reference.items():
@@ -64,12 +69,15 @@ def report(reference: Mapping[str, Mapping[str, Any]], counts: Mapping[str, Sequ
         value = psi(expected["counts"], counts[name])
         floor = noise(expected["counts"], counts[name])
         bins = {k: expected[k] for k in ("edges", "codes") if k in expected}
-        out[name] = {"psi": value, "noise": floor, "band": band(value - floor, warn, alert),
+        judged = sum(counts[name]) >= min_rows
+        out[name] = {"psi": value, "noise": floor,
+                     "band": band(value - floor, warn, alert) if judged else UNJUDGED,
                      "expected": list(expected["counts"]), "actual": list(counts[name]),
                      **bins}
-    drifted = sorted((n for n, r in out.items() if r["band"] != STABLE),
+    drifted = sorted((n for n, r in out.items() if r["band"] in (MODERATE, MAJOR)),
                      key=lambda n: (-out[n]["psi"], n))
-    return {"thresholds": {"warn": warn, "alert": alert}, "psi": out, "drifted": drifted}
+    return {"thresholds": {"warn": warn, "alert": alert, "min_rows": min_rows}, "psi": out,
+            "drifted": drifted}
 
 
 def warnings(result: Mapping[str, Any]) -> list[str]:
@@ -96,7 +104,7 @@ def merge(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
             counts[name] = list(r["actual"]) if old is None else \
                 [a + b for a, b in zip(old, r["actual"], strict=True)]
     limits = first["thresholds"]
-    return report(reference, counts, limits["warn"], limits["alert"])
+    return report(reference, counts, limits["warn"], limits["alert"], limits.get("min_rows", 1))
 
 
 def merge_score_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -131,6 +131,16 @@ class Registry:
                for name in storage.list_dir(folder) if name.endswith(".json")]
         return sorted(out, key=lambda d: d.get("at", 0))
 
+    def file(self, segment: str, version: str, name: str) -> bytes | None:
+        """A file registered beside a version's model (its drift profile), or None."""
+        uri = storage.join(self.uri, segment, version, _file_name(name))
+        try:
+            return storage.read_bytes(uri)
+        except StorageError:
+            if storage.exists(uri):
+                raise
+            return None
+
     def decision(self, segment: str, run_id: str) -> dict[str, Any] | None:
         """The decision one run's gate made for a segment, as it ended; None if none."""
         uri = storage.join(self.uri, segment, "decisions", f"{run_id}.json")
@@ -143,7 +153,8 @@ class Registry:
         return record
 
     # -- writing --------------------------------------------------------------------------
-    def register(self, segment: str, model_text: bytes, record: dict[str, Any]) -> str:
+    def register(self, segment: str, model_text: bytes, record: dict[str, Any],
+                 files: dict[str, bytes] | None = None) -> str:
         """Add a model version (idempotent: the same model is the same version); its id.
 
         `record` holds what the version is judged and traced by: metrics, the
@@ -156,6 +167,8 @@ class Registry:
             return version
         folder = storage.join(self.uri, segment, version)
         storage.write_bytes(storage.join(folder, "model.txt"), model_text)
+        for name, content in (files or {}).items():  # beside the model: its drift profile
+            storage.write_bytes(storage.join(folder, _file_name(name)), content)
         full = {**record, "pipeline": self.pipeline, "segment": segment, "version": version,
                 "model_sha256": digest, "registered_at": time.time()}
         # A plain write (training workers register; they carry no S3 SDK): two runs
@@ -237,6 +250,12 @@ def lost_reason(current: Alias | None, name: str = "champion") -> str:
     who = f"run {current.run_id}" if current.run_id else current.by
     return (f"{who} moved {current.name} to version {current.version} first "
             f"({current.reason}); this decision was made against the earlier {current.name}")
+
+
+def _file_name(name: str) -> str:
+    if name in ("model.txt", "version.json") or "/" in name or not name.endswith(".json"):
+        raise ValueError(f"{name!r} cannot be registered beside a model")
+    return name
 
 
 def _check_alias(name: str) -> None:

@@ -23,7 +23,7 @@ import json
 import time
 from typing import Any
 
-from batchline import fleet, storage
+from batchline import fleet, psi, storage
 from batchline.registry import Registry
 
 SERVING = "_serving"  # no segment key starts with "_" but the global model's
@@ -67,6 +67,9 @@ def publish(registry: Registry, run_id: str = "registry") -> str | None:
                            registry.model_text(segment, version))
             out.write_file(fleet.model_file(segment, "json"),
                            json.dumps(card, indent=2, sort_keys=True).encode())
+            profile = registry.file(segment, version, psi.PROFILE)
+            if profile is not None:
+                out.write_file(fleet.model_file(segment, psi.PROFILE), profile)
             board.append({"segment": segment, "value": card.get("segment_value"),
                           "status": fleet.OK, "model_version": version,
                           "serving_version": version})

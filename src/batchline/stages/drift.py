@@ -33,7 +33,7 @@ from batchline import psi
 from batchline.stages.matrix import FeatureMap
 
 BINS = 10
-PROFILE = "profile.json"
+PROFILE = psi.PROFILE
 PREDICTION = psi.PREDICTION  # the profile entry of the model's output
 
 
@@ -129,15 +129,19 @@ class Tally:
         self.columns = [(j, name) for j, name in enumerate(fmap.features)
                         if name in self.reference]
 
+    @property
+    def rows(self) -> int:
+        return sum(self.actual[PREDICTION].counts)
+
     def add(self, matrix: np.ndarray, predictions: np.ndarray) -> None:
         for j, name in self.columns:
             self.actual[name].add(matrix[:, j])
         self.actual[PREDICTION].add(_output_values(predictions))
 
-    def result(self, warn: float, alert: float) -> dict[str, Any]:
+    def result(self, warn: float, alert: float, min_rows: int = 1) -> dict[str, Any]:
         """PSI per feature and for the predictions (`batchline.psi.report`)."""
         counts = {name: h.counts for name, h in self.actual.items()}
-        return psi.report(self.reference, counts, warn, alert)
+        return psi.report(self.reference, counts, warn, alert, min_rows)
 
 
 def dumps(profile: Mapping[str, Any]) -> bytes:

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from batchline import cpu, fleet, storage
 from batchline.errors import DataError, StorageError
 from batchline.params import SEGMENT_COLUMN, ScoreParams
+from batchline.stages import drift
 from batchline.stages import score as single
 from batchline.stages.matrix import FeatureMap, arrow_data_errors
 from batchline.task import StageTask
@@ -39,6 +40,7 @@ class Model:
     booster: single.Predictor  # LightGBM, or a search's linear winner
     card: dict[str, Any]
     fmap: FeatureMap
+    drift: drift.Tally | None = None  # the rows it scored, against its profile
 
     @property
     def version(self) -> str:
@@ -48,8 +50,9 @@ class Model:
 class FleetModels:
     """The models of a committed fleet `model` dataset, loaded on first use."""
 
-    def __init__(self, model_uri: str) -> None:
+    def __init__(self, model_uri: str, drift: bool = True) -> None:
         self.uri = model_uri
+        self.drift = drift
         record = storage.committed(model_uri)
         self.files = {f.path.rsplit("/", 1)[-1]: f for f in record.files}
         boards = [storage.read_bytes(storage.join(model_uri, f.path)) for f in record.files
@@ -69,9 +72,34 @@ class FleetModels:
         if key not in self._loaded:
             text, card = self._read(key)
             fmap = FeatureMap(card["feature_map"]["features"], card["feature_map"]["categorical"])
+            profile = self._profile(key) if self.drift else None
             self._loaded[key] = Model(key, single.predictor(text, card, f"{self.uri}: {key}"),
-                                     card, fmap)
+                                     card, fmap, drift.Tally(profile, fmap) if profile else None)
         return self._loaded[key]
+
+    def _profile(self, key: str) -> dict[str, Any] | None:
+        name = fleet.model_file(key, drift.PROFILE)
+        if name not in self.files:
+            return None  # registered before profiles existed: no drift for its rows
+        data = storage.read_bytes(storage.join(self.uri, self.files[name].path))
+        if hashlib.sha256(data).hexdigest() != self.files[name].sha256:
+            raise DataError(f"{self.uri}/{name} does not match its recorded sha256; it was "
+                            "changed after training: retrain")
+        profile: dict[str, Any] = json.loads(data)
+        return profile
+
+    def drift_by_model(self, warn: float, alert: float, min_rows: int) -> dict[str, Any]:
+        """Per model that scored rows: its rows' PSI per feature and the drifted ones.
+        Compact (no bin counts): 500 models' counts would swell `_SUCCESS.json`."""
+        out = {}
+        for key, model in sorted(self._loaded.items()):
+            if model.drift is None or not model.drift.rows:
+                continue
+            result = model.drift.result(warn, alert, min_rows)
+            out[key] = {"rows": model.drift.rows, "drifted": result["drifted"],
+                        "psi": {n: r["psi"] for n, r in result["psi"].items()},
+                        "noise": {n: r["noise"] for n, r in result["psi"].items()}}
+        return out
 
     @property
     def loaded(self) -> int:
@@ -125,6 +153,8 @@ def score_batches(batches: Iterable[pa.RecordBatch], models: FleetModels,
             raw = np.asarray(model.booster.predict(matrix, num_threads=num_threads))
             n = part.num_rows
             tally.rows += n
+            if model.drift is not None:
+                model.drift.add(matrix, raw)
             yield pa.RecordBatch.from_arrays(
                 [*(part.column(c) for c in id_columns),
                  *single.prediction_columns(raw, model.card), pa.array([value] * n, pa.string()),
@@ -135,7 +165,7 @@ def score_batches(batches: Iterable[pa.RecordBatch], models: FleetModels,
 
 def run(task: StageTask, params: ScoreParams) -> dict[str, Any]:
     """Score the population, each row by its segment's model; commit `predictions`."""
-    models = FleetModels(task.inputs["model"])
+    models = FleetModels(task.inputs["model"], drift=params.drift.enabled)
     glob = models.fallback
     dataset = single.population_dataset(task.inputs["features"], params)
     single.check_columns(dataset, params, glob.fmap, glob.card["label"], task.inputs["features"])
@@ -155,8 +185,26 @@ def run(task: StageTask, params: ScoreParams) -> dict[str, Any]:
                                    models, params.id_columns, schema, task.run_id,
                                    cpu.threads(params.num_threads), shard, tally):
             out.write(batch)
-        record = out.commit(single.commit_metrics(tally, params, glob.version, shard,
-                                                  population_size))
+        metrics = single.commit_metrics(tally, params, glob.version, shard, population_size)
+        if params.drift.enabled:
+            found, lines = drift_metrics(models.drift_by_model(
+                params.drift.warn, params.drift.alert, params.drift.min_rows), shard[1] > 1)
+            metrics.update(found, warnings=[*metrics["warnings"], *lines])
+        record = out.commit(metrics)
     log.info("score: %d predictions by %d models", record.rows, models.loaded)
     return {"rows": record.rows, "model_version": glob.version,
             "warnings": record.metrics["warnings"]}
+
+
+def drift_metrics(by_model: dict[str, Any], sharded: bool
+                  ) -> tuple[dict[str, Any], list[str]]:
+    """The fleet's drift in score's metrics: per model, the count of models with a shifted
+    feature, and summary lines for the ten worst (each shard's own rows when sharded)."""
+    drifted = {k: r for k, r in by_model.items() if r["drifted"]}
+    worst = sorted(drifted, key=lambda k: -max(drifted[k]["psi"][n]
+                                                for n in drifted[k]["drifted"]))[:10]
+    where = "this shard's rows of " if sharded else ""
+    lines = [f"drift: {where}segment {k} ({drifted[k]['rows']:,} rows): " + ", ".join(
+        f"{n} PSI {drifted[k]['psi'][n]:.3f}" for n in drifted[k]["drifted"][:3])
+        for k in worst]
+    return {"drift_segments": by_model, "drift_alerts": len(drifted)}, lines

@@ -34,7 +34,7 @@ from batchline import fleet, storage
 from batchline.errors import DataError
 from batchline.params import SEGMENT_COLUMN, SegmentsSpec, TrainParams
 from batchline.registry import Registry
-from batchline.stages import fleet_gate
+from batchline.stages import drift, fleet_gate
 from batchline.stages import train as single
 from batchline.stages.matrix import arrow_data_errors
 from batchline.task import StageTask
@@ -125,6 +125,8 @@ class Carried:
         serves = entry is not None and entry.get("serving_version") is not None
         if entry is None or (serves and any(n not in self.files for n in names)):
             return None
+        profile = fleet.model_file(key, drift.PROFILE)
+        names += [profile] if profile in self.files else []
         return entry, {n: storage.read_bytes(storage.join(self.uri, self.files[n]))
                        for n in names if serves}
 
@@ -208,7 +210,10 @@ def _one(out: storage.DatasetWriter, dataset: ds.Dataset, key: str, value: str |
     card = {**single.model_card(model, base, task.run_id), "segment": key,
             "segment_value": value}
     entry = board_entry(key, value, model)
-    version = registry.register(key, model.text.encode(), {
+    # score's drift reference for the rows this model serves
+    profile = drift.dumps(single.profile(model, card, data, base.num_threads))
+    version = registry.register(key, model.text.encode(), files={drift.PROFILE: profile},
+                                record={
         "card": card, "metrics": {k: v for k, v in entry.items() if k in BOARD_METRICS},
         "lineage": lineage(task, base),
         # every candidate of the segment's search, when the spec has `search:`
@@ -220,6 +225,7 @@ def _one(out: storage.DatasetWriter, dataset: ds.Dataset, key: str, value: str |
         out.write_file(fleet.model_file(key, "txt"), model.text.encode())
         out.write_file(fleet.model_file(key, "json"),
                        json.dumps(card, indent=2, sort_keys=True).encode())
+        out.write_file(fleet.model_file(key, drift.PROFILE), profile)
     elif decision["serving"] is not None:
         serve(out, registry, key, decision["serving"])
     log.info("train: segment %s: trained in %.1fs (%s); %s: %s", key,
@@ -235,6 +241,9 @@ def serve(out: storage.DatasetWriter, registry: Registry, key: str, version: str
     out.write_file(fleet.model_file(key, "txt"), registry.model_text(key, version))
     out.write_file(fleet.model_file(key, "json"),
                    json.dumps(record["card"], indent=2, sort_keys=True).encode())
+    profile = registry.file(key, version, drift.PROFILE)
+    if profile is not None:  # versions registered before profiles existed have none
+        out.write_file(fleet.model_file(key, drift.PROFILE), profile)
 
 
 def lineage(task: StageTask, params: TrainParams) -> dict[str, Any]:

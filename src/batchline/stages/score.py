@@ -250,7 +250,8 @@ def commit_metrics(tally: Tally, params: ScoreParams, model_version: str,
     metrics: dict[str, Any] = {"model_version": model_version, "rows_scored": tally.rows,
                                "population": _describe(params)}
     if tally.drift is not None and tally.rows:
-        metrics["drift"] = tally.drift.result(params.drift.warn, params.drift.alert)
+        metrics["drift"] = tally.drift.result(params.drift.warn, params.drift.alert,
+                                              params.drift.min_rows)
         metrics["drift_alerts"] = len(metrics["drift"]["drifted"])
         # A shard's own drift is of its rows only: the union's (merged) is the one to read.
         if shard[1] == 1:

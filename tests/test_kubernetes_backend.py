@@ -558,7 +558,6 @@ def test_let_go_ends_the_watch_threads_and_leaves_the_job(cluster: Cluster,
     handle = backend.submit(make_task(tmp_path))
     eventually(lambda: cluster.requests("watch", JOBS) >= 1 and
                cluster.requests("watch", PODS) >= 1, what="both watch streams open")
-    time.sleep(0.5)  # let the streams settle into waiting for events
     backend.let_go(handle)
     assert [w._thread.is_alive() for w in handle.watchers] == [False, False]
     jobs = [key for key, obj in cluster.emu.objects.items()

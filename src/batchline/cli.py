@@ -441,8 +441,9 @@ def status(run_id: RunArg, storage_opt: StorageOpt = None, as_json: JsonOpt = Fa
             _show_manifest(manifest)
             from batchline.cli_output import figures
 
-            if figures(manifest):
-                _say(f"figures: {figures(manifest)}")
+            shown = figures(manifest)
+            if shown:
+                _say(f"figures: {shown}")
             if manifest.reason and manifest.state is not RunState.SUCCEEDED:
                 _say(f"run: {manifest.reason}")
             for stage, entry in manifest.stages.items():

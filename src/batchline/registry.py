@@ -108,13 +108,8 @@ class Registry:
         """Where an alias points now, or None. A plain read (no tag): what a training
         worker judges against, with the storage client every stage image has."""
         _check_alias(name)
-        try:
-            data = storage.read_bytes(self._alias_uri(segment, name))
-        except StorageError:
-            if storage.exists(self._alias_uri(segment, name)):
-                raise
-            return None
-        return Alias(**json.loads(data))
+        data = _read_if_present(self._alias_uri(segment, name))
+        return None if data is None else Alias(**json.loads(data))
 
     def _tagged(self, segment: str, name: str) -> Alias | None:
         """The alias with the tag a conditional move needs (S3's ETag: boto3)."""
@@ -133,23 +128,12 @@ class Registry:
 
     def file(self, segment: str, version: str, name: str) -> bytes | None:
         """A file registered beside a version's model (its drift profile), or None."""
-        uri = storage.join(self.uri, segment, version, _file_name(name))
-        try:
-            return storage.read_bytes(uri)
-        except StorageError:
-            if storage.exists(uri):
-                raise
-            return None
+        return _read_if_present(storage.join(self.uri, segment, version, _file_name(name)))
 
     def decision(self, segment: str, run_id: str) -> dict[str, Any] | None:
         """The decision one run's gate made for a segment, as it ended; None if none."""
-        uri = storage.join(self.uri, segment, "decisions", f"{run_id}.json")
-        try:
-            record: dict[str, Any] = json.loads(storage.read_bytes(uri))
-        except StorageError:
-            if storage.exists(uri):
-                raise
-            return None
+        data = _read_if_present(storage.join(self.uri, segment, "decisions", f"{run_id}.json"))
+        record: dict[str, Any] | None = None if data is None else json.loads(data)
         return record
 
     # -- writing --------------------------------------------------------------------------
@@ -250,6 +234,16 @@ def lost_reason(current: Alias | None, name: str = "champion") -> str:
     who = f"run {current.run_id}" if current.run_id else current.by
     return (f"{who} moved {current.name} to version {current.version} first "
             f"({current.reason}); this decision was made against the earlier {current.name}")
+
+
+def _read_if_present(uri: str) -> bytes | None:
+    """An object's bytes, or None when it does not exist; any other failure is raised."""
+    try:
+        return storage.read_bytes(uri)
+    except StorageError:
+        if storage.exists(uri):
+            raise
+        return None
 
 
 def _file_name(name: str) -> str:

@@ -511,7 +511,14 @@ def demo_data(rows: Annotated[int, typer.Option(min=500, help="encounters to wri
               hospitals: Annotated[int | None, typer.Option(
                   min=1, max=999, help="a fleet: this many hospitals (H000, H001, ...) of "
                   "varied size (the largest about 10x the smallest), each with its own effects; "
-                  "e.g. --hospitals 500 --rows 4000000 for about 2,000-20,000 rows each")] = None
+                  "e.g. --hospitals 500 --rows 4000000 for about 2,000-20,000 rows each")] = None,
+              population_days: Annotated[int, typer.Option(
+                  min=0, help="days before the snapshot whose outcomes are not known yet "
+                  "(the population to score); 0: every outcome has matured, for monitoring")]
+              = 45,
+              label_change: Annotated[str | None, typer.Option(
+                  help="a date (2024-01-01) from which the label model changes, so a model "
+                  "trained before it degrades; for trying out monitoring")] = None,
               ) -> None:
     """Write synthetic readmission encounters (CSV) with a known best AUC."""
     from batchline.demo_data import generate
@@ -521,8 +528,13 @@ def demo_data(rows: Annotated[int, typer.Option(min=500, help="encounters to wri
              "object storage afterwards (aws s3 cp, or --set a local source)", err=True)
         raise typer.Exit(2)
     started = time.monotonic()
-    summary = generate(rows, out_dir, seed=seed, hospitals=hospitals or 60,
-                       fleet=hospitals is not None)
+    try:
+        summary = generate(rows, out_dir, seed=seed, hospitals=hospitals or 60,
+                           fleet=hospitals is not None, population_days=population_days,
+                           label_change=label_change)
+    except ValueError as exc:
+        _say(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
     _say(f"wrote {summary.rows:,} encounters ({summary.labelled:,} labelled, "
          f"{summary.population:,} to score) to {summary.path} in "
          f"{time.monotonic() - started:.1f}s; prevalence {summary.prevalence:.3f}")

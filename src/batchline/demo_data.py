@@ -10,7 +10,13 @@ probabilities against the drawn labels is the best any model can reach; it is
 printed and written to `_generator.json` beside the CSV.
 
 Encounters discharged in the last `population_days` before the snapshot date
-have no label yet: they are the population to score.
+have no label yet: they are the population to score. For monitoring, the same
+seed with a longer `population_days` gives an earlier snapshot of the same
+encounters (more of them still to score), and `population_days=0` the same
+encounters once every outcome has matured. `label_change` makes the label
+model change from that discharge date on (history stops predicting
+readmission, diagnoses lose their effect, and low hemoglobin predicts the
+opposite), so a model trained before it loses accuracy in the months after.
 """
 
 from __future__ import annotations
@@ -72,7 +78,8 @@ class Hospitals:
 
 
 def _chunk(rng: np.random.Generator, first_patient: int, n_rows: int,
-           hospitals: Hospitals) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
+           hospitals: Hospitals, label_change: int | None = None
+           ) -> tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]:
     """One chunk of encounters for disjoint patients: (table, p_true, label, discharge_day)."""
     hospital_effect = hospitals.effect
     per_patient = rng.geometric(0.45, size=max(1, n_rows // 2))
@@ -129,6 +136,12 @@ def _chunk(rng: np.random.Generator, first_patient: int, n_rows: int,
     if hospitals.history_effect is not None:
         logit = logit + hospitals.history_effect[hospital] * (
             (gap < 30) + 0.5 * np.minimum(prior_365, 4) - 0.6)
+    if label_change is not None:  # a new label model from that day on (same draws)
+        changed = discharge >= label_change
+        history = 0.45 * np.minimum(prior_365, 6) + 0.9 * (gap < 30) + 0.35 * (gap < 90)
+        logit = np.where(changed, logit - history - DIAG_EFFECT[diag]
+                         + 0.9 * (hemoglobin > 13.5) - 0.45 * (hemoglobin < 10)
+                         + 0.3 * (sodium > 141), logit)
     p = 1 / (1 + np.exp(-logit))
     label = (rng.random(n) < p).astype(np.int64)
 
@@ -155,16 +168,28 @@ def _chunk(rng: np.random.Generator, first_patient: int, n_rows: int,
 
 def generate(rows: int, out: str | os.PathLike[str], seed: int = 42,
              chunk_rows: int = 1_000_000, hospitals: int = 60,
-             fleet: bool = False) -> DemoSummary:
+             fleet: bool = False, population_days: int = POPULATION_DAYS,
+             label_change: str | None = None) -> DemoSummary:
     """Write `encounters.csv` (+ `_generator.json`) with `rows` encounters into `out`.
 
     With `fleet`, the `hospitals` differ in size and in how history predicts
-    readmission (see `Hospitals.fleet`), for one model per hospital.
+    readmission (see `Hospitals.fleet`), for one model per hospital. The last
+    `population_days` before the snapshot have no label; `label_change` (an ISO
+    date) changes the label model from that discharge date on.
     """
     if rows < 100:
         raise ValueError("--rows must be at least 100")
     if not 1 <= hospitals <= 999:
         raise ValueError("--hospitals must be between 1 and 999")
+    if not 0 <= population_days <= DAYS:
+        raise ValueError(f"--population-days must be between 0 and {DAYS}")
+    change_day = None
+    if label_change is not None:
+        try:
+            change_day = int((np.datetime64(label_change, "D") - START).astype(int))
+        except ValueError:
+            raise ValueError(f"--label-change {label_change!r}: expected a date such as "
+                             "2024-01-01") from None
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -180,11 +205,11 @@ def generate(rows: int, out: str | os.PathLike[str], seed: int = 42,
         writer: pacsv.CSVWriter | None = None
         while written < rows:
             n_chunk = min(chunk_rows, rows - written)
-            table, p, label, discharge = _chunk(rng, next_patient, n_chunk, mix)
+            table, p, label, discharge = _chunk(rng, next_patient, n_chunk, mix, change_day)
             table = table.slice(0, n_chunk)
             p, label, discharge = p[:n_chunk], label[:n_chunk], discharge[:n_chunk]
             next_patient = int(table["patient_id"][-1].as_py()) + 1
-            is_pop = discharge > snapshot_day - POPULATION_DAYS
+            is_pop = discharge > snapshot_day - population_days
             labels = pa.array(np.where(is_pop, 0, label), mask=is_pop)
             table = table.set_column(0, "encounter_id",
                                      pa.array(np.arange(written + 1, written + 1 + n_chunk)))

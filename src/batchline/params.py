@@ -394,3 +394,31 @@ class ScoreParams(_Segmented):
     num_threads: int = Field(2, ge=1, le=256)
     drift: DriftSpec = Field(default_factory=DriftSpec, description="PSI of every feature "
                              "and of the predictions against the training rows")
+
+
+class MonitorParams(_Params):
+    """Outcomes that have matured since, joined to earlier runs' predictions by id."""
+
+    label: str = Field(description="the outcome column of the ingested data (a 0/1 label)")
+    id_columns: list[str] = Field(min_length=1, description="the columns predictions and "
+                                  "outcomes are joined on (score's id_columns)")
+    time_column: str | None = Field(None, description="a date column of the outcomes; "
+                                    "accuracy is reported per month of it")
+    segment_column: str | None = Field(None, description="a column of the outcomes to "
+                                       "report accuracy per value of (a fleet's predictions "
+                                       "name their segment already)")
+    metric: Literal["auc", "logloss", "calibration_ece"] = Field(
+        "auc", description="the figure compared with the model's own at training")
+    tolerance: float = Field(0.05, gt=0.0, description="how much worse than at training the "
+                             "metric may be before the model is marked degraded")
+    min_labelled: int = Field(200, ge=10, description="matured outcomes a month, segment or "
+                              "run needs before it is judged (fewer: recorded, not judged)")
+    max_runs: int = Field(24, ge=1, le=1000, description="how many of the most recent earlier "
+                          "scoring runs of the pipeline to join")
+    calibration_bins: int = Field(10, ge=2, le=100)
+
+    @model_validator(mode="after")
+    def _distinct_columns(self) -> MonitorParams:
+        if self.label in self.id_columns:
+            raise ValueError(f"label {self.label!r} is also one of id_columns")
+        return self

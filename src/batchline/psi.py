@@ -117,7 +117,9 @@ def merge_score_metrics(parts: list[dict[str, Any]]) -> dict[str, Any]:
         warnings_ += [w for w in part.get("warnings", []) if w not in warnings_]
     merged: dict[str, Any] = {"model_version": parts[0].get("model_version"),
                               "rows_scored": sum(int(p.get("rows_scored", 0)) for p in parts),
-                              "population": parts[0].get("population")}
+                              "population": parts[0].get("population"),
+                              "trained": {k: v for p in parts
+                                          for k, v in (p.get("trained") or {}).items()}}
     drift = merge(p.get("drift") or {} for p in parts)
     if drift is not None:
         merged.update(drift=drift, drift_alerts=len(drift["drifted"]))

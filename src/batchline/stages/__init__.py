@@ -27,7 +27,13 @@ from pydantic import BaseModel
 
 from batchline import fleet, promotion, psi
 from batchline.errors import SpecError
-from batchline.params import FeaturesParams, IngestParams, ScoreParams, TrainParams
+from batchline.params import (
+    FeaturesParams,
+    IngestParams,
+    MonitorParams,
+    ScoreParams,
+    TrainParams,
+)
 
 if TYPE_CHECKING:
     from batchline.task import StageTask
@@ -104,6 +110,11 @@ _DEFS = (
              merge_shards=psi.merge_score_metrics,
              # DuckDB too: a `population: {where: ...}` predicate runs in it
              extras=("model", "features")),
+    # optional: a spec that lists it joins the outcomes it ingests to earlier runs' scores
+    StageDef("monitor", "matured outcomes joined to earlier runs' predictions: accuracy "
+             "per run, month, segment and model against training",
+             MonitorParams, inputs={"outcomes": "encounters"}, outputs=("accuracy",),
+             summary=("outcomes_matched", "degraded_alerts"), extras=("model", "features")),
 )
 
 STAGES: dict[str, StageDef] = {d.name: d for d in _DEFS}

@@ -101,6 +101,10 @@ class FleetModels:
                         "noise": {n: r["noise"] for n, r in result["psi"].items()}}
         return out
 
+    def used(self) -> list[Model]:
+        """The models loaded so far (each scored rows, or is the fallback)."""
+        return [self._loaded[k] for k in sorted(self._loaded)]
+
     @property
     def loaded(self) -> int:
         """How many models were used so far."""
@@ -190,6 +194,9 @@ def run(task: StageTask, params: ScoreParams) -> dict[str, Any]:
             found, lines = drift_metrics(models.drift_by_model(
                 params.drift.warn, params.drift.alert, params.drift.min_rows), shard[1] > 1)
             metrics.update(found, warnings=[*metrics["warnings"], *lines])
+        # every model that scored rows, by version: what the monitor stage compares with
+        metrics["trained"] = {m.version: single.trained_metrics(m.card)
+                              for m in models.used()}
         record = out.commit(metrics)
     log.info("score: %d predictions by %d models", record.rows, models.loaded)
     return {"rows": record.rows, "model_version": glob.version,

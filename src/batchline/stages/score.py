@@ -232,6 +232,22 @@ def drift_tally(model_uri: str, fmap: FeatureMap, tally: Tally) -> drift.Tally |
     return drift.Tally(json.loads(data), fmap)
 
 
+# A model's figures at training that the monitor stage later compares outcomes with.
+TRAINED_METRICS = ("auc_valid", "logloss_valid", "calibration_ece", "rmse_valid", "r2_valid",
+                   "accuracy_valid", "multi_logloss_valid")
+
+
+def trained_metrics(card: dict[str, Any]) -> dict[str, Any]:
+    """What the model measured on its validation rows at training, from its card."""
+    metrics = card.get("metrics") or {}
+    out = {k: metrics[k] for k in TRAINED_METRICS if isinstance(metrics.get(k), int | float)}
+    calibration = metrics.get("calibration_valid")
+    if isinstance(calibration, dict) and "ece" in calibration:
+        out["calibration_ece"] = calibration["ece"]
+    return {**out, "trained_in_run": card.get("trained_in_run"),
+            **({"segment": card["segment"]} if card.get("segment") else {})}
+
+
 def commit_metrics(tally: Tally, params: ScoreParams, model_version: str,
                    shard: tuple[int, int], population_size: Any) -> dict[str, Any]:
     """The metrics committed with the predictions; an empty population warns or fails."""
@@ -294,7 +310,8 @@ def run(task: StageTask) -> dict[str, Any]:
                                    task.run_id, cpu.threads(params.num_threads), shard, card,
                                    tally):
             out.write(batch)
-        record = out.commit(commit_metrics(tally, params, version, shard, population_size))
+        metrics = commit_metrics(tally, params, version, shard, population_size)
+        record = out.commit({**metrics, "trained": {version: trained_metrics(card)}})
     log.info("score: %d predictions with model %s", record.rows, version)
     for warning in record.metrics["warnings"]:
         log.warning("%s", warning)

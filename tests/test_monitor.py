@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import ROOT, run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,7 +17,9 @@ from batchline.manifest import RunManifest, list_runs
 from batchline.stages.accuracy import Judge
 from batchline.stages.monitor import _groups
 
-SPEC = str(ROOT / "jobs" / "readmission.yaml")
+# The demo's spec with the optional monitor stage, as docs/monitoring.md shows it.
+MONITOR = {"label": "readmitted_30d", "id_columns": ["encounter_id"],
+           "time_column": "discharge_date", "segment_column": "hospital_id"}
 
 
 def test_a_group_is_judged_only_with_enough_outcomes_of_both_classes() -> None:
@@ -55,23 +58,27 @@ def test_groups_hold_every_keyed_row_once(keys: list[str | None]) -> None:
 
 
 @pytest.fixture(scope="module")
-def months(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+def months(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path, str]:
     """The same encounters twice: an early snapshot whose last 18 months are still to
     score, and the same rows once every outcome matured. The label model changes on
     2024-01-01, six months into the scored period."""
     base = tmp_path_factory.mktemp("monitor")
+    spec = yaml.safe_load((ROOT / "jobs" / "readmission.yaml").read_text(encoding="utf-8"))
+    spec["stages"]["monitor"] = {"params": MONITOR}
+    (base / "spec.yaml").write_text(yaml.safe_dump(spec), encoding="utf-8")
     for name, days in (("early", "548"), ("late", "0")):
         done = run_cli("demo-data", "--rows", "40000", "--seed", "7", "--population-days",
                        days, "--label-change", "2024-01-01", "--out", str(base / name))
         assert done.returncode == 0, done.stderr
-    return base / "early" / "encounters.csv", base / "late" / "encounters.csv", base / "data"
+    return (base / "early" / "encounters.csv", base / "late" / "encounters.csv", base / "data",
+            str(base / "spec.yaml"))
 
 
 @pytest.mark.slow
 def test_the_monitor_shows_the_drop_in_the_month_the_label_model_changed(
-        months: tuple[Path, Path, Path]) -> None:
-    early, late, root = months
-    first = run_cli("run", SPEC, "--storage", str(root),
+        months: tuple[Path, Path, Path, str]) -> None:
+    early, late, root, spec = months
+    first = run_cli("run", spec, "--storage", str(root),
                     "--set", f"stages.ingest.params.source={early}")
     assert first.returncode == 0, first.stderr
     # the first run has nothing earlier to judge: it says so and succeeds
@@ -79,7 +86,7 @@ def test_the_monitor_shows_the_drop_in_the_month_the_label_model_changed(
     scored, _ = list_runs(str(root))
     scoring_run = scored[-1].run_id
 
-    second = run_cli("run", SPEC, "--storage", str(root), "--stages", "ingest,monitor",
+    second = run_cli("run", spec, "--storage", str(root), "--stages", "ingest,monitor",
                      "--set", f"stages.ingest.params.source={late}")
     assert second.returncode == 0, second.stderr
     out = second.stdout + second.stderr
@@ -118,9 +125,9 @@ def test_the_monitor_shows_the_drop_in_the_month_the_label_model_changed(
 
 
 def test_a_time_column_that_is_not_there_is_exit_2_and_named(
-        months: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    _, late, _ = months
-    done = run_cli("run", SPEC, "--storage", str(tmp_path / "data"), "--stages",
+        months: tuple[Path, Path, Path, str], tmp_path: Path) -> None:
+    _, late, _, spec = months
+    done = run_cli("run", spec, "--storage", str(tmp_path / "data"), "--stages",
                    "ingest,monitor", "--set", f"stages.ingest.params.source={late}",
                    "--set", "stages.monitor.params.time_column=discharged_on")
     assert done.returncode == 2, done.stderr

@@ -141,7 +141,7 @@ def join(con: duckdb.DuckDBPyConnection, outcomes: pa.Table, scorings: list[Scor
                                                           params.id_columns)}
                                   ORDER BY p.run_order DESC) = 1 AS latest
         FROM p JOIN outcomes o USING ({ids})"""
-    return con.execute(sql).to_arrow_table(), used, warnings
+    return con.sql(sql).to_arrow_table(), used, warnings
 
 
 def _groups(keys: np.ndarray) -> Iterator[tuple[Any, np.ndarray]]:

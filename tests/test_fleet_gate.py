@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from batchline import fleet, promotion
+from batchline import fleet, health, promotion
 from batchline.errors import SpecError
 from batchline.params import SEGMENT_COLUMN, FeaturesParams, PromoteSpec, TrainParams
 from batchline.registry import Registry
@@ -16,6 +16,7 @@ from batchline.stages import fleet_gate
 from batchline.stages import train as single
 from batchline.stages.features import connect, feature_reader
 from batchline.stages.matrix import FeatureMap
+from batchline.task import StageTask
 
 
 def _features(by: str, order_by: str | None = "id") -> pa.Table:
@@ -93,6 +94,38 @@ def test_the_gate_compares_on_the_same_rows_and_records_why(tmp_path: Path) -> N
     strict = _challenge(registry, _data(4, flip=True), _params(min_rows=10_000), "r4")
     assert not strict["promoted"] and "fewer than promote.min_rows 10000" in strict["reason"]
     assert [d["run_id"] for d in registry.decisions("H1")] == ["r1", "r2", "r3", "r4"]
+
+
+def _task(root: Path) -> StageTask:
+    return StageTask(run_id="m1", stage="monitor", inputs={}, outputs={}, params={},
+                     storage_root=str(root), task_uri="", cache_key="k",
+                     placement={"pipeline": "fleet"})
+
+
+def test_a_degraded_champion_is_what_the_gate_says_first(tmp_path: Path) -> None:
+    """The monitor's verdict on matured outcomes lands beside the champion in the
+    registry; the next gate of its segment names it before anything else."""
+    registry = Registry(str(tmp_path), "fleet")
+    first = _challenge(registry, _data(1), _params(), "r1")
+    by_model = [{"model": f"H1/{first['version']}", "model_segment": "H1",
+                 "model_version": first["version"], "judged": True, "degraded": True,
+                 "auc": 0.58, "training": 0.74, "labelled": 900},
+                {"model": "H9/0123456789ab", "model_segment": "H9",  # not registered here
+                 "model_version": "0123456789ab", "judged": True, "degraded": True,
+                 "auc": 0.5, "training": 0.7, "labelled": 500}]
+    metrics = {"monitor": {"metric": "auc", "tolerance": 0.05, "by_model": by_model}}
+    health.settle(_task(tmp_path), metrics, "the stage failed")  # a failed stage marks nothing
+    assert registry.health("H1", first["version"]) is None
+    health.settle(_task(tmp_path), metrics, None)
+    marked = registry.health("H1", first["version"])
+    assert marked is not None and marked["degraded"] and marked["run_id"] == "m1"
+    assert not (tmp_path / "registry" / "fleet" / "H9").exists()
+    refused = _challenge(registry, _data(3), _params(min_gain=0.5), "r2")
+    assert not refused["promoted"]
+    assert refused["reason"].startswith(f"champion {first['version']} is degraded: auc 0.5800 "
+                                        "on 900 matured outcomes against 0.7400 at training "
+                                        "(monitor run m1); ")
+    assert "below promote.min_gain 0.5" in refused["reason"]
 
 
 def test_the_first_global_model_is_promoted_even_if_it_misses_a_check(tmp_path: Path) -> None:

@@ -265,3 +265,51 @@ def test_each_segment_model_is_checked_for_drift_on_its_own_rows(fleet_csv: Path
     champion = client.registry("readmission-fleet").alias("H007")
     assert champion is not None
     assert client.registry("readmission-fleet").file("H007", champion.version, "profile.json")
+
+
+def test_the_monitor_judges_each_hospital_model_and_marks_it_in_the_registry(
+        tmp_path: Path) -> None:
+    """A fleet scores 18 months; its outcomes mature, and the label model changed
+    half-way. The monitor judges each hospital (the predictions name their segment) and
+    each model against its own training figure, and the registry learns which degraded."""
+    for name, days in (("early", 548), ("late", 0)):
+        generate(12_000, tmp_path / name, seed=5, hospitals=20, fleet=True,
+                 population_days=days, label_change="2024-01-01")
+    monitor = {"stages.monitor.params.label": "readmitted_30d",
+               "stages.monitor.params.id_columns": ["encounter_id"],
+               "stages.monitor.params.time_column": "discharge_date",
+               "stages.monitor.params.min_labelled": 100}
+    client = Client(str(tmp_path / "store"))
+    first = client.run(str(FLEET), run_id="first",
+                       sets=_sets(tmp_path / "early" / "encounters.csv", **monitor))
+    assert storage.committed(first.stage("monitor").outputs["accuracy"]).metrics[
+        "monitor"]["scorings"] == []
+    second = client.run(str(FLEET), run_id="second", stages=["ingest", "monitor"],
+                        sets=_sets(tmp_path / "late" / "encounters.csv", **monitor))
+    found = storage.committed(second.stage("monitor").outputs["accuracy"]).metrics["monitor"]
+    predictions = storage.open_dataset(first.stage("score").outputs["predictions"]).to_table()
+    outcomes = pacsv.read_csv(tmp_path / "late" / "encounters.csv")
+    matured = outcomes.filter(pc.is_valid(outcomes.column("readmitted_30d")))
+    # every prediction whose outcome is known now (a few discharges are after the snapshot)
+    assert found["scorings"] == ["first"] and found["matched"] == pc.sum(pc.is_in(
+        predictions.column("encounter_id"), matured.column("encounter_id"))).as_py()
+    assert {s["segment"] for s in found["by_segment"]} == \
+        set(predictions.column("segment").to_pylist())
+    # each model against its own training figure, from the card score recorded
+    trained = storage.committed(first.stage("score").outputs["predictions"]).metrics["trained"]
+    for model in found["by_model"]:
+        assert model["training"] == pytest.approx(trained[model["model_version"]]["auc_valid"],
+                                                  abs=1e-6)
+    # ~250 outcomes a month: the drop shows from the change on, through noise of about 0.04
+    months = {m["month"]: m for m in found["by_month"] if m["judged"]}
+    before = [m for k, m in months.items() if k < "2024-01"]
+    after = [m for k, m in months.items() if k >= "2024-01"]
+    assert len(before) == 6 and len(after) == 12 and not any(m["degraded"] for m in before)
+    assert sum(m["degraded"] for m in after) >= 8 and months["2024-01"]["degraded"]
+    registry = client.registry("readmission-fleet")
+    judged = [m for m in found["by_model"] if m["judged"]]
+    assert judged
+    for model in judged:
+        marked = registry.health(model["model_segment"], model["model_version"])
+        assert marked is not None and marked["degraded"] == model["degraded"]
+        assert marked["run_id"] == "second"

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import ROOT, run_cli
@@ -117,8 +116,7 @@ def test_the_monitor_shows_the_drop_in_the_month_the_label_model_changed(
     assert len(monitor["by_segment"]) == 60
     gaps = [s["training"] - s["auc"] for s in monitor["by_segment"] if s["degraded"]]
     assert gaps == sorted(gaps, reverse=True)
-    table = pq.read_table([storage.join(manifest.stage("monitor").outputs["accuracy"], f.path)
-                           for f in record.files][0])
+    table = storage.open_dataset(manifest.stage("monitor").outputs["accuracy"]).to_table()
     assert sorted(set(table["level"].to_pylist())) == ["model", "month", "run", "segment"]
     assert table.num_rows == sum(len(monitor[k]) for k in
                                  ("by_run", "by_model", "by_month", "by_segment"))

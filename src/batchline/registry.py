@@ -31,6 +31,8 @@ from batchline.errors import DataError, SpecError, StorageError
 
 ALIASES = ("champion", "challenger")
 HISTORY = 20  # earlier champions kept in the alias, for rollback
+# beside a version: the monitor stage's latest judgement of it on matured outcomes
+HEALTH = "health.json"
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,22 @@ class Registry:
         record: dict[str, Any] | None = None if data is None else json.loads(data)
         return record
 
+    def health(self, segment: str, version: str) -> dict[str, Any] | None:
+        """What the latest monitor found of a version on matured outcomes, or None."""
+        data = self.file(segment, version, HEALTH)
+        record: dict[str, Any] | None = None if data is None else json.loads(data)
+        return record
+
     # -- writing --------------------------------------------------------------------------
+    def record_health(self, segment: str, version: str, health: dict[str, Any]) -> bool:
+        """Mark a registered version with the monitor's latest judgement (a plain write:
+        the newest judgement stands); False if the version is not registered here."""
+        if self._version_record(segment, version) is None:
+            return False
+        storage.write_bytes(storage.join(self.uri, segment, version, HEALTH),
+                            json.dumps(health, indent=1, sort_keys=True).encode())
+        return True
+
     def register(self, segment: str, model_text: bytes, record: dict[str, Any],
                  files: dict[str, bytes] | None = None) -> str:
         """Add a model version (idempotent: the same model is the same version); its id.

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from batchline import fleet, promotion, psi
+from batchline import fleet, health, promotion, psi
 from batchline.errors import SpecError
 from batchline.params import (
     FeaturesParams,
@@ -114,7 +114,9 @@ _DEFS = (
     StageDef("monitor", "matured outcomes joined to earlier runs' predictions: accuracy "
              "per run, month, segment and model against training",
              MonitorParams, inputs={"outcomes": "encounters"}, outputs=("accuracy",),
-             summary=("outcomes_matched", "degraded_alerts"), extras=("model", "features")),
+             summary=("outcomes_matched", "degraded_alerts"), extras=("model", "features"),
+             # registered models (a fleet's) get the verdict beside them in the registry
+             settle=health.settle),
 )
 
 STAGES: dict[str, StageDef] = {d.name: d for d in _DEFS}

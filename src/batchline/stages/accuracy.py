@@ -42,7 +42,8 @@ class Judge:
             return row
         both = 0 < positives < n
         row["logloss"] = _rounded(log_loss(y, score))
-        row["calibration_ece"] = _rounded(float(calibration(y, score, self.bins)["ece"]))
+        ece = calibration(y, score, self.bins)["ece"]
+        row["calibration_ece"] = _rounded(float(ece)) if isinstance(ece, int | float) else None
         row["auc"] = _rounded(auc(y, score)) if both else None
         value = row[self.metric]
         if n >= self.min_labelled and both and value is not None and training is not None:

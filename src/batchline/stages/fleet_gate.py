@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from batchline import fleet
+from batchline.health import describe as describe_health
 from batchline.params import PromoteSpec, TrainParams
 from batchline.registry import Registry
 from batchline.stages import score
@@ -112,6 +113,10 @@ def decide(registry: Registry, key: str, version: str, metrics: dict[str, Any],
     decision: dict[str, Any] = {"version": version, "metric": gate.metric, "challenger": ours,
                                 "champion_version": champion.version if champion else None,
                                 "champion": None, "at": round(time.time(), 3)}
+    health = registry.health(key, champion.version) if champion is not None else None
+    if champion is not None and health is not None and health.get("degraded"):
+        # what a person must read first: outcomes showed the champion has degraded
+        decision["champion_degraded"] = describe_health(health, champion.version)
     if champion is not None and champion.version == version:
         return _verdict(decision, False, fleet.ALREADY_CHAMPION, version)
     problems = [] if ours is not None else \
@@ -144,4 +149,6 @@ def decide(registry: Registry, key: str, version: str, metrics: dict[str, Any],
 
 def _verdict(decision: dict[str, Any], promote: bool, reason: str,
              serving: str | None) -> dict[str, Any]:
+    if "champion_degraded" in decision:
+        reason = f"{decision['champion_degraded']}; {reason}"
     return {**decision, "promote": promote, "reason": reason, "serving": serving}

@@ -111,7 +111,9 @@ def join(con: duckdb.DuckDBPyConnection, outcomes: pa.Table, scorings: list[Scor
     recent prediction; the scorings joined; warnings about those that could not be."""
     con.register("outcomes", outcomes)
     ids = ", ".join(f'"{c}"' for c in params.id_columns)
-    parts, used, warnings = [], [], []
+    parts: list[str] = []
+    used: list[Scoring] = []
+    warnings: list[str] = []
     for scoring in scorings:
         names = storage.open_dataset(scoring.uri).schema.names
         missing = [c for c in [*params.id_columns, "score", "model_version"] if c not in names]

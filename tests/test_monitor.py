@@ -112,6 +112,8 @@ def test_the_monitor_shows_the_drop_in_the_month_the_label_model_changed(
     (model,) = monitor["by_model"]
     assert model["model_version"] == train["model_version"] and model["degraded"]
     assert manifest.stage("monitor").metrics["degraded_alerts"] == 1
+    listed = run_cli("runs", "--storage", str(root))
+    assert f"outcomes_matched {monitor['matched']:,}, degraded_alerts 1" in listed.stdout
     # per hospital too, worst first; and every group is a row of the accuracy dataset
     assert len(monitor["by_segment"]) == 60
     gaps = [s["training"] - s["auc"] for s in monitor["by_segment"] if s["degraded"]]

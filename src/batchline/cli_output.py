@@ -90,7 +90,8 @@ def number(value: Any) -> str:
 # model's headline figure (the first its objective has), a fleet's counts, what score did.
 FIGURES = {"train": (("auc_valid", "r2_valid", "accuracy_valid"),
                      ("segments_trained", "segments_failed")),
-           "score": (("rows_scored",), ("drift_alerts",))}
+           "score": (("rows_scored",), ("drift_alerts",)),
+           "monitor": (("outcomes_matched",), ("degraded_alerts",))}
 
 
 def figures(manifest: RunManifest) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import boto3
 import numpy as np
 import pytest
 import yaml
@@ -139,3 +140,30 @@ def test_a_time_column_that_is_not_there_is_exit_2_and_named(
     accuracy = storage.join(str(tmp_path / "data"), "runs", runs[-1].run_id, "monitor",
                             "accuracy", "_SUCCESS.json")
     assert not storage.exists(accuracy)  # nothing committed
+
+
+@pytest.mark.podman
+def test_the_monitor_image_judges_earlier_runs_on_s3(
+        months: tuple[Path, Path, Path, str], stage_images: dict[str, str], s3_bucket: str,
+        moto_server: str) -> None:
+    """The monitor stage in its own image (read-only root, no credentials baked in) finds
+    the earlier scoring run on S3 and joins its predictions there."""
+    early, late, _, spec = months
+    s3 = boto3.client("s3", endpoint_url=moto_server)
+    for name, path in (("early.csv", early), ("late.csv", late)):
+        s3.upload_file(str(path), s3_bucket.removeprefix("s3://"), f"landing/{name}")
+    root = f"{s3_bucket}/store"
+    first = run_cli("run", spec, "--storage", root,
+                    "--set", f"stages.ingest.params.source={s3_bucket}/landing/early.csv")
+    assert first.returncode == 0, first.stderr
+    second = run_cli("run", spec, "--storage", root, "--backend", "container",
+                     "--stages", "ingest,monitor",
+                     "--set", f"stages.ingest.params.source={s3_bucket}/landing/late.csv")
+    assert second.returncode == 0, second.stdout + second.stderr
+    runs, _ = list_runs(root)
+    monitor = storage.committed(runs[-1].stage("monitor").outputs["accuracy"]).metrics[
+        "monitor"]
+    assert monitor["scorings"] == [runs[0].run_id] and monitor["matched"] > 10_000
+    degraded = [m["month"] for m in monitor["by_month"] if m["degraded"]]
+    assert degraded[0] == "2024-01"
+    assert runs[-1].stage("monitor").attempts[-1].backend_ref  # it ran in a container

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import boto3
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pytest
 import yaml
 from conftest import ROOT, run_cli
@@ -14,6 +18,7 @@ from hypothesis import strategies as st
 
 from batchline import storage
 from batchline.manifest import RunManifest, list_runs
+from batchline.params import MonitorParams
 from batchline.stages.accuracy import Judge
 from batchline.stages.monitor import _groups
 
@@ -43,6 +48,13 @@ def test_a_group_is_judged_only_with_enough_outcomes_of_both_classes() -> None:
     # log loss and calibration: lower is better, so a rise is what degrades
     worse = Judge("logloss", 0.05, 200).group(y, np.full(1_000, 0.9), training=0.45)
     assert worse["degraded"] and worse["logloss"] > 1.0
+
+
+def test_columns_are_plain_names_so_they_can_be_quoted_into_sql() -> None:
+    with pytest.raises(ValueError, match="id_columns"):
+        MonitorParams(label="y", id_columns=['id" OR 1=1 --'])
+    with pytest.raises(ValueError, match="also one of id_columns"):
+        MonitorParams(label="id", id_columns=["id"])
 
 
 @settings(max_examples=50, deadline=None)
@@ -123,6 +135,23 @@ def test_the_monitor_shows_the_drop_in_the_month_the_label_model_changed(
     assert sorted(set(table["level"].to_pylist())) == ["model", "month", "run", "segment"]
     assert table.num_rows == sum(len(monitor[k]) for k in
                                  ("by_run", "by_model", "by_month", "by_segment"))
+
+    # Five scored encounters twice among the outcomes, with opposite labels: which is
+    # true cannot be told, so neither is used, and the summary says so.
+    outcomes = pacsv.read_csv(late)
+    scored = outcomes.filter(pc.greater_equal(outcomes["discharge_date"],
+                                              pa.scalar(date(2024, 6, 1))))
+    twins = scored.slice(0, 5)
+    twins = twins.set_column(twins.schema.get_field_index("readmitted_30d"), "readmitted_30d",
+                             pc.subtract(pa.scalar(1, pa.int64()), twins["readmitted_30d"]))
+    pacsv.write_csv(pa.concat_tables([outcomes, twins]), root.parent / "twins.csv")
+    third = run_cli("run", spec, "--storage", str(root), "--stages", "ingest,monitor",
+                    "--set", f"stages.ingest.params.source={root.parent / 'twins.csv'}")
+    assert third.returncode == 0, third.stderr
+    assert "5 ids appear more than once among the outcomes" in third.stdout + third.stderr
+    runs, _ = list_runs(str(root))
+    again = storage.committed(runs[-1].stage("monitor").outputs["accuracy"]).metrics
+    assert again["monitor"]["matched"] == monitor["matched"] - 5
 
 
 def test_a_time_column_that_is_not_there_is_exit_2_and_named(

@@ -399,12 +399,15 @@ class ScoreParams(_Segmented):
 class MonitorParams(_Params):
     """Outcomes that have matured since, joined to earlier runs' predictions by id."""
 
-    label: str = Field(description="the outcome column of the ingested data (a 0/1 label)")
-    id_columns: list[str] = Field(min_length=1, description="the columns predictions and "
-                                  "outcomes are joined on (score's id_columns)")
-    time_column: str | None = Field(None, description="a date column of the outcomes; "
-                                    "accuracy is reported per month of it")
-    segment_column: str | None = Field(None, description="a column of the outcomes to "
+    label: str = Field(pattern=_IDENT, description="the outcome column of the ingested data "
+                       "(a 0/1 label)")
+    id_columns: list[Annotated[str, Field(pattern=_IDENT)]] = Field(
+        min_length=1, description="the columns predictions and outcomes are joined on "
+        "(score's id_columns)")
+    time_column: str | None = Field(None, pattern=_IDENT, description="a date column of the "
+                                    "outcomes; accuracy is reported per month of it")
+    segment_column: str | None = Field(None, pattern=_IDENT, description="a column of the "
+                                       "outcomes to "
                                        "report accuracy per value of (a fleet's predictions "
                                        "name their segment already)")
     metric: Literal["auc", "logloss", "calibration_ece"] = Field(

@@ -114,15 +114,22 @@ def join(con: duckdb.DuckDBPyConnection, outcomes: pa.Table, scorings: list[Scor
     parts: list[str] = []
     used: list[Scoring] = []
     warnings: list[str] = []
+    ((duplicated,),) = con.execute(f"SELECT count(*) FROM (SELECT {ids} FROM outcomes "
+                                   f"GROUP BY {ids} HAVING count(*) > 1)").fetchall()
+    if duplicated:
+        # which of two outcomes of one id is true cannot be told: neither is used
+        warnings.append(f"{duplicated:,} ids appear more than once among the outcomes "
+                        f"(by {params.id_columns}); their outcomes were left out")
     for scoring in scorings:
-        names = storage.open_dataset(scoring.uri).schema.names
+        dataset = storage.open_dataset(scoring.uri)
+        names = dataset.schema.names
         missing = [c for c in [*params.id_columns, "score", "model_version"] if c not in names]
         if missing:
             warnings.append(f"predictions of run {scoring.run_id} have no {missing} "
                             "(monitor judges binary models by id_columns); not joined")
             continue
         view = f"p{len(used)}"
-        con.register(view, storage.open_dataset(scoring.uri))
+        con.register(view, dataset)
         segment = '"segment"' if "segment" in names else "NULL"
         model_segment = '"model_segment"' if "model_segment" in names else "NULL"
         parts.append(f"SELECT {len(used)} AS run_order, {ids}, score, model_version, "
@@ -135,14 +142,15 @@ def join(con: duckdb.DuckDBPyConnection, outcomes: pa.Table, scorings: list[Scor
              else "NULL")
     own_segment = f'o."{params.segment_column}"::VARCHAR' if params.segment_column else "NULL"
     sql = f"""
-        WITH p AS ({" UNION ALL ".join(parts)})
+        WITH p AS ({" UNION ALL ".join(parts)}),
+        o AS (SELECT * FROM outcomes QUALIFY count(*) OVER (PARTITION BY {ids}) = 1)
         SELECT p.run_order, p.model_version, p.model_key,
                coalesce(p.p_segment, {own_segment}) AS segment, {month} AS month,
                p.score, o."{params.label}"::DOUBLE AS label,
                row_number() OVER (PARTITION BY {", ".join(f'p."{c}"' for c in
                                                           params.id_columns)}
                                   ORDER BY p.run_order DESC) = 1 AS latest
-        FROM p JOIN outcomes o USING ({ids})"""
+        FROM p JOIN o USING ({ids})"""
     return con.sql(sql).to_arrow_table(), used, warnings
 
 

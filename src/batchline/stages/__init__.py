@@ -77,7 +77,8 @@ class StageDef:
 _DEFS = (
     StageDef("ingest", "raw CSV, JSON lines or Parquet to typed Parquet; bad rows quarantined",
              IngestParams, outputs=("encounters", "quarantine"), source_params=("source",),
-             summary=("rows_in", "rows_committed", "rows_bad", "generator_best_auc"),
+             summary=("rows_in", "rows_committed", "rows_bad", "generator_best_auc",
+                      "checks_warned"),
              extras=("ingest",)),
     StageDef("features", "the spec's feature SQL, run by DuckDB",
              FeaturesParams, inputs={"encounters": "encounters"}, outputs=("features",),

@@ -256,8 +256,9 @@ class _Unique(_Check):
             return True, observed, f"all {len(values):,} values distinct"
         shown_found = ", ".join(f"{shown(v)} ({n:,} rows)" for v, n in found)
         return False, observed, (f"{observed['duplicates']:,} of {len(values):,} values "
-                                 f"repeat an earlier one ({len(repeated):,} distinct values "
-                                 f"repeated); examples {shown_found}")
+                                 f"repeat an earlier one ({len(repeated):,} "
+                                 f"{'value' if len(repeated) == 1 else 'values'} repeated); "
+                                 f"examples {shown_found}")
 
 
 @dataclass

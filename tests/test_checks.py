@@ -355,6 +355,10 @@ def test_a_warn_check_succeeds_and_is_recorded(tmp_path: Path,
     assert fresh["observed"]["as_of"] == datetime.fromtimestamp(created, UTC).date().isoformat()
     assert fresh["observed"]["as_of_from"] == "the day run warned was created (UTC)"
     assert fresh["observed"]["newest"].startswith("2025-01")
+    # Its verdict depends on the day, so the day is part of ingest's cache key: the same
+    # unchanged source is judged again tomorrow instead of reusing today's verdict.
+    manifest = RunManifest.load(str(tmp_path / "store"), "warned")
+    assert manifest.stages["ingest"].key_parts["inputs"]["run_day"] == fresh["observed"]["as_of"]
     insurance = next(r for r in record.metrics["checks"] if r["column"] == "insurance")
     assert insurance["status"] == "warn" and insurance["on_fail"] == "warn"
     assert insurance["observed"]["examples"] == ["veterans"]
@@ -393,3 +397,6 @@ def test_row_count_is_judged_against_the_previous_run_of_the_pipeline(
             "previous run: 800 rows, 0.4 x the 2,000 of the previous run second") \
         in shrunk.stderr
     assert _record(root, "third") is None
+    # Without a freshness check the day stays out of the cache key.
+    assert "run_day" not in RunManifest.load(str(root), "first").stages["ingest"].key_parts[
+        "inputs"]

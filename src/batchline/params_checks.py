@@ -20,7 +20,7 @@ the columns; here each mapping is checked on its own.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import date, datetime
 from typing import Any, Literal
 
@@ -195,3 +195,11 @@ class ChecksSpec(_Model):
         """(path under `checks`, checks) for every row-count mapping."""
         for i, one in enumerate(self.rows):
             yield _path("rows", i, self.rows), one
+
+
+def judged_by_date(params: Mapping[str, Any]) -> bool:
+    """Whether ingest params (as dumped into a task) hold a freshness check: its verdict
+    depends on the run's day, not only on the data, so the day joins the cache key."""
+    columns = (params.get("checks") or {}).get("columns") or {}
+    return any(one.get("max_age_days") is not None
+               for entries in columns.values() for one in entries)

@@ -28,6 +28,7 @@ from pydantic import BaseModel
 from batchline import fleet, promotion, psi
 from batchline.errors import SpecError
 from batchline.params import FeaturesParams, IngestParams, ScoreParams, TrainParams
+from batchline.params_checks import judged_by_date
 
 if TYPE_CHECKING:
     from batchline.task import StageTask
@@ -64,6 +65,10 @@ class StageDef:
     # after the judge, in the launcher: act on the commit (a fleet's promotions), given
     # the task, the committed metrics and the judge's problem (None: it stands)
     settle: Callable[[StageTask, Mapping[str, Any], str | None], None] | None = None
+    # given its params (as dumped), whether the stage's results depend on the day the run
+    # was created, not only on its inputs (ingest's freshness checks): that day then joins
+    # its cache key, so an unchanged source is judged again on a new day, not reused
+    dated: Callable[[Mapping[str, Any]], bool] | None = None
 
     @property
     def module(self) -> str:
@@ -79,7 +84,7 @@ _DEFS = (
              IngestParams, outputs=("encounters", "quarantine"), source_params=("source",),
              summary=("rows_in", "rows_committed", "rows_bad", "generator_best_auc",
                       "checks_warned"),
-             extras=("ingest",)),
+             extras=("ingest",), dated=judged_by_date),
     StageDef("features", "the spec's feature SQL, run by DuckDB",
              FeaturesParams, inputs={"encounters": "encounters"}, outputs=("features",),
              extras=("features",)),

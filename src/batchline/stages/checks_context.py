@@ -41,7 +41,7 @@ def check_context(task: StageTask, previous: bool) -> CheckContext:
     """The run's date and (when `previous`) the previous run's committed row count."""
     manifest = _manifest(task)
     if manifest is not None and manifest.created_at:
-        as_of = datetime.fromtimestamp(manifest.created_at, UTC).date()
+        as_of = manifest.created_day
         as_of_from = f"the day run {task.run_id} was created (UTC)"
     else:
         as_of = datetime.fromtimestamp(time.time(), UTC).date()

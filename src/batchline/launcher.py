@@ -145,6 +145,8 @@ class Launcher:
             if params.get(name):
                 inputs[name] = cache.source_fingerprint(str(params[name]),
                                                         f"stages.{stage}.params.{name}")
+        if definition.dated is not None and definition.dated(params):
+            inputs["run_day"] = self.manifest.created_day.isoformat()
         image = self.spec.image(stage) if self.backend.name != "local" else \
             f"local-python{sys.version_info.major}.{sys.version_info.minor}"
         return {"stage": stage, "image": image, "code_version": cache.code_version(),

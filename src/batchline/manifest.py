@@ -15,6 +15,7 @@ import enum
 import json
 import os
 import time
+from datetime import UTC, date, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
@@ -207,6 +208,12 @@ class RunManifest(_Record):
     @property
     def root(self) -> str:
         return self._root or self.storage_root
+
+    @property
+    def created_day(self) -> date:
+        """The day (UTC) the run was created: "today" for everything the run judges by date,
+        the same on every retry and resume of the run."""
+        return datetime.fromtimestamp(self.created_at, UTC).date()
 
     def shown_state(self, now: float | None = None) -> str:
         """The state to show: `stale` for a pending or running run whose launcher

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import re
+from datetime import date
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -15,10 +16,15 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationError,
     field_validator,
     model_serializer,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from batchline.params_checks import ChecksSpec, ColumnChecks
+from batchline.spec_errors import did_you_mean
 
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 # The column features adds when the spec has `segments:`: each row's segment as
@@ -116,6 +122,42 @@ class IngestParams(_Params):
         "quarantine", description="what to do with inf, -inf and nan in float64 columns")
     control_chars: Literal["quarantine", "keep"] = Field(
         "quarantine", description="what to do with NUL and other control characters in values")
+    checks: ChecksSpec | None = Field(
+        None, description="data-quality checks of the committed rows: per column (range, "
+        "allowed, max_null_fraction, unique, max_age_days) and of the row count (min, max, "
+        "vs_previous); see docs/monitoring.md")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_checks(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Specs without checks keep their exact cache keys and tasks.
+        data = handler(self)
+        if isinstance(data, dict) and data.get("checks", 0) is None:
+            del data["checks"]
+        return data
+
+    @model_validator(mode="after")
+    def _checks_fit_columns(self) -> IngestParams:
+        # Raised as a ValidationError of its own so that each problem carries its own
+        # path (stages.ingest.params.checks.columns.age.range), as pydantic's do.
+        if self.checks is None:
+            return self
+        problems = []
+        for column, where, checks in self.checks.column_checks():
+            loc = ("checks", *where.split("."))
+            kind = self.columns.get(column)
+            if kind is None:
+                problems.append((loc, f"column {column!r} is not declared in columns"
+                                      f"{did_you_mean(column, self.columns)} (declared: "
+                                      f"{', '.join(self.columns)})"))
+                continue
+            problems += [((*loc, name), text) for name, text in _check_problems(column, kind,
+                                                                                checks)]
+        if problems:
+            raise ValidationError.from_exception_data("IngestParams", [
+                InitErrorDetails(type=PydanticCustomError("check_spec", "{text}", {"text": text}),
+                                 loc=loc,
+                                 input=None) for loc, text in problems])
+        return self
 
     @field_validator("required")
     @classmethod
@@ -157,6 +199,45 @@ class IngestParams(_Params):
                 raise ValueError(f"unknown encoding {value!r}; use a Python codec name such "
                                  "as utf-8, latin-1, cp1252 or utf-16") from None
         return value
+
+
+def _check_problems(column: str, kind: str, checks: ColumnChecks) -> list[tuple[str, str]]:
+    """(check name, problem) for each check that does not fit the column's type."""
+    problems = []
+    if checks.range is not None:
+        bounds = [b for b in checks.range if b is not None]
+        if kind in ("int64", "float64"):
+            fits = all(isinstance(b, int | float) and not isinstance(b, bool) for b in bounds)
+            wanted = "numbers"
+        elif kind == "date":
+            fits = all(type(b) is date for b in bounds)
+            wanted = "dates (2024-01-31)"
+        elif kind == "timestamp":
+            fits = all(isinstance(b, date) for b in bounds)
+            wanted = "dates or timestamps (2024-01-31 or 2024-01-31T08:00:00)"
+        else:
+            fits, wanted = False, ""
+        if not wanted:
+            problems.append(("range", f"column {column!r} is {kind}; a range applies to "
+                                      "numbers, dates and timestamps (use allowed for values)"))
+        elif not fits:
+            problems.append(("range", f"column {column!r} is {kind}; its bounds must be "
+                                      f"{wanted}, not {list(checks.range)}"))
+    if checks.allowed is not None:
+        wanted_type, word = {"string": (str, "text"), "int64": (int, "a whole number"),
+                             "bool": (bool, "true or false")}.get(kind, (None, ""))
+        if wanted_type is None:
+            problems.append(("allowed", f"column {column!r} is {kind}; allowed applies to "
+                                        "string, int64 and bool columns (use range)"))
+        elif any(type(v) is not wanted_type for v in checks.allowed):
+            hint = "; quote values YAML reads as true/false or numbers ('yes', '01')" \
+                if kind == "string" else ""
+            problems.append(("allowed", f"column {column!r} is {kind}; every allowed value "
+                                        f"must be {word}, not {checks.allowed}{hint}"))
+    if checks.max_age_days is not None and kind not in ("date", "timestamp"):
+        problems.append(("max_age_days", f"column {column!r} is {kind}; max_age_days applies "
+                                         "to date and timestamp columns"))
+    return problems
 
 
 class FeaturesParams(_Segmented):

@@ -34,6 +34,7 @@ from batchline.params import (
     ScoreParams,
     TrainParams,
 )
+from batchline.params_checks import judged_by_date
 
 if TYPE_CHECKING:
     from batchline.task import StageTask
@@ -70,6 +71,10 @@ class StageDef:
     # after the judge, in the launcher: act on the commit (a fleet's promotions), given
     # the task, the committed metrics and the judge's problem (None: it stands)
     settle: Callable[[StageTask, Mapping[str, Any], str | None], None] | None = None
+    # given its params (as dumped), whether the stage's results depend on the day the run
+    # was created, not only on its inputs (ingest's freshness checks): that day then joins
+    # its cache key, so an unchanged source is judged again on a new day, not reused
+    dated: Callable[[Mapping[str, Any]], bool] | None = None
 
     @property
     def module(self) -> str:
@@ -83,8 +88,9 @@ class StageDef:
 _DEFS = (
     StageDef("ingest", "raw CSV, JSON lines or Parquet to typed Parquet; bad rows quarantined",
              IngestParams, outputs=("encounters", "quarantine"), source_params=("source",),
-             summary=("rows_in", "rows_committed", "rows_bad", "generator_best_auc"),
-             extras=("ingest",)),
+             summary=("rows_in", "rows_committed", "rows_bad", "generator_best_auc",
+                      "checks_warned"),
+             extras=("ingest",), dated=judged_by_date),
     StageDef("features", "the spec's feature SQL, run by DuckDB",
              FeaturesParams, inputs={"encounters": "encounters"}, outputs=("features",),
              extras=("features",)),

@@ -8,6 +8,8 @@ stage. Every row read is either committed or quarantined: the stage checks
 that before it commits. If more than `max_bad_fraction` of the rows are bad,
 or a file is unusable as a whole (missing or duplicated columns, not text in
 its encoding, empty), the stage raises DataError (exit 2) and commits nothing.
+The spec's data-quality checks (`checks`, see stages/checks.py) see the rows
+as they are committed; a failed `on_fail: fail` check also commits nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import pyarrow.fs as pafs
 from batchline import storage
 from batchline.errors import DataError
 from batchline.params import IngestParams
+from batchline.stages.checks import CheckResult, Checks, failure_message
+from batchline.stages.checks_context import check_context
 from batchline.stages.ingest_csv import CSV_BLOCK_BYTES, RECORD_SHOWN, csv_batches
 from batchline.stages.ingest_readers import jsonl_batches, parquet_batches
 from batchline.stages.ingest_sources import ReadReport, Source, list_sources, open_stream
@@ -56,6 +60,9 @@ class Tally:
     files: int = 0
     reasons: list[str] = field(default_factory=list)
     ignored: dict[tuple[str, ...], list[str]] = field(default_factory=dict)
+    # the spec's data-quality checks, fed the rows handed to the output writer
+    checks: Checks | None = None
+    check_results: list[CheckResult] = field(default_factory=list)
 
     def check(self, where: str) -> None:
         """Fail loudly (a bug, exit 1) unless rows read = rows committed + quarantined."""
@@ -75,6 +82,7 @@ class Tally:
             first = f"; first: {self.reasons[0]}" if self.reasons else ""
             out.append(f"{self.bad} of {self.rows} rows quarantined (dataset "
                        f"ingest/quarantine){first}")
+        out += [r.message for r in self.check_results if r.status == "warn"]
         return out
 
 
@@ -100,6 +108,8 @@ class _RowGroup:
             table = pa.concat_tables(self.tables)
             self.out.write(table)
             self.tally.good += table.num_rows
+            if self.tally.checks is not None:
+                self.tally.checks.observe(table)
         self.tables, self.count = [], 0
 
 
@@ -186,7 +196,7 @@ def run(task: StageTask) -> dict[str, Any]:
     """Ingest every source file; commit `encounters` and `quarantine` or nothing."""
     params = IngestParams(**task.params)
     sources = list_sources(params.source, params.format)
-    tally = Tally()
+    tally = Tally(checks=Checks(params.checks) if params.checks is not None else None)
     schema = declared_schema(params)
     with task.writer("encounters", schema) as out, \
             task.writer("quarantine", QUARANTINE_SCHEMA) as quarantine:
@@ -201,11 +211,14 @@ def run(task: StageTask) -> dict[str, Any]:
                 f"stages.ingest.params.max_bad_fraction={params.max_bad_fraction}; first ones:\n"
                 f"  {shown}\nFix the source or raise max_bad_fraction.")
         tally.check(f"{len(sources)} files of {params.source}")
+        _judge_checks(task, tally)
         source_meta = _source_meta(params.source)
         metrics = {"rows_in": tally.rows, "rows_committed": tally.good, "rows_bad": tally.bad,
                    "files": tally.files, "source_meta": source_meta,
                    "columns_ignored": sorted({c for names in tally.ignored for c in names}),
                    "warnings": tally.warnings()}
+        if tally.checks is not None:
+            metrics.update(_check_metrics(tally.check_results))
         if "best_auc_recent" in source_meta:  # the demo generator's ceiling, for the summary
             metrics["generator_best_auc"] = source_meta["best_auc_recent"]
         quarantine.commit({"rows": tally.bad})
@@ -213,3 +226,21 @@ def run(task: StageTask) -> dict[str, Any]:
     for warning in tally.warnings():
         log.warning("ingest: %s", warning)
     return {"rows": record.rows, "rows_bad": tally.bad}
+
+
+def _judge_checks(task: StageTask, tally: Tally) -> None:
+    """Judge the spec's checks on the rows about to be committed; DataError (nothing
+    committed) naming every failed `on_fail: fail` check."""
+    if tally.checks is None:
+        return
+    context = check_context(task, previous=tally.checks.needs_previous)
+    tally.check_results = tally.checks.results(context)
+    failed = [r for r in tally.check_results if r.status == "fail"]
+    if failed:
+        raise DataError(failure_message(failed))
+
+
+def _check_metrics(results: list[CheckResult]) -> dict[str, Any]:
+    return {"checks": [r.to_json() for r in results],
+            "checks_failed": sum(r.status == "fail" for r in results),
+            "checks_warned": sum(r.status == "warn" for r in results)}

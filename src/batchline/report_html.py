@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from batchline import report_plots as plots
+from batchline import run_report, storage
+from batchline.manifest import RunManifest
 from batchline.run_report import (
     Accuracy,
     Drift,
@@ -176,9 +178,11 @@ def _compact(value: Any) -> str:
 
 
 def _training(training: Training | None) -> str:
-    head = '<h2 id="training">Model</h2>'
     if training is None:
-        return head + '<p class="muted">train did not commit in this run.</p>'
+        return '<h2 id="training">Model</h2><p class="muted">train did not commit in this ' \
+               "run.</p>"
+    head = '<h2 id="training">Model' + (" (the fleet's global model)" if training.fleet
+                                        else "") + "</h2>"
     rows = [(_esc(k), _num(v)) for k, v in training.metrics.items()]
     parts = [_table(("metric", "value"), rows, (1,))]
     if training.calibration:
@@ -288,3 +292,12 @@ def _footer(c: RunContent) -> str:
             f"metrics (no raw rows). The same content as <code>batchline report "
             f"{_esc(c.run_id)} --json</code> is embedded in this file "
             '(<code>script#report-data</code>).</p>')
+
+
+def write(manifest: RunManifest, out: str | None = None) -> tuple[str, RunContent]:
+    """Build and write a run's report (`runs/<id>/report.html`, or `out`) through storage,
+    so an S3 root gets it beside the manifest; returns its URI and content."""
+    content = run_report.build(manifest)
+    uri = out or content.report
+    storage.write_text(uri, render(content))
+    return uri, content

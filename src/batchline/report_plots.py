@@ -90,13 +90,17 @@ def duration(seconds: float) -> str:
 def histograms(bins: Sequence[str], expected: Sequence[int], actual: Sequence[int],
                name: str) -> str:
     """Shares per bin: the training rows (grey) beside this run's rows (blue)."""
+    width, height, left, top, bottom = 420, 170, 34, 10, 40
+    legend = (f'<rect x="{width - 150}" y="4" width="9" height="9" fill="{EXPECTED}"/>'
+              + _text(width - 138, 12, "training", size=10)
+              + f'<rect x="{width - 80}" y="4" width="9" height="9" fill="{ACTUAL}"/>'
+              + _text(width - 68, 12, "this run", size=10))
     total_e, total_a = max(sum(expected), 1), max(sum(actual), 1)
     shares = [(e / total_e, a / total_a) for e, a in zip(expected, actual, strict=True)]
-    width, height, left, top, bottom = 420, 170, 34, 10, 40
     plot_h = height - top - bottom
     slot = (width - left - 6) / max(len(shares), 1)
     peak = max((max(p) for p in shares), default=1.0) or 1.0
-    body = [_frame(left, top, width - left - 6, plot_h),
+    body = [_frame(left, top, width - left - 6, plot_h), legend,
             _text(left - 4, top + 8, f"{peak:.0%}", "end", 9)]
     for i, (e, a) in enumerate(shares):
         x = left + i * slot + 1
@@ -209,12 +213,12 @@ def accuracy_line(labels: Sequence[str], values: Sequence[float | None],
 def sparkline(values: Sequence[float], warn: float) -> str:
     """One bar per value (a segment's PSI per feature), red from `warn` up; two paths
     whatever the number of bars, so 500 rows of them stay small."""
-    width, height, bar = 4 * len(values) + 2, 18, 3
+    width, height, bar = 5 * len(values) + 2, 20, 4
     peak = max(0.3, *values) if values else 0.3
     paths: dict[bool, list[str]] = {False: [], True: []}
     for i, v in enumerate(values):
         h = max(1.0, (height - 2) * min(v, peak) / peak)
-        paths[v >= warn].append(f"M{1 + 4 * i} {height}v-{_n(h)}h{bar}v{_n(h)}z")
+        paths[v >= warn].append(f"M{1 + 5 * i} {height}v-{_n(h)}h{bar}v{_n(h)}z")
     body = "".join(f'<path d="{"".join(p)}" fill="{BAD if bad else EXPECTED}"/>'
                    for bad, p in paths.items() if p)
     return (f'<svg class="spark" width="{width}" height="{height}" '

@@ -107,6 +107,7 @@ class Roc(BaseModel):
 
 class Training(BaseModel):
     objective: str | None
+    fleet: bool = Field(False, description="the global model of a fleet")
     headline: str | None = Field(description="the objective's headline metric")
     metrics: dict[str, Any] = Field(description="headline figures of the model")
     calibration: list[CalibrationBin] = Field(default_factory=list)
@@ -235,6 +236,7 @@ class _Outputs:
                     self.records.append((stage, name, uri, storage.committed(uri)))
                 except BatchlineError as exc:
                     self.problems.append(f"{stage}.{name}: {exc}")
+        self.model = _model(self)
 
     def with_key(self, key: str) -> Iterator[tuple[str, str, str, storage.SuccessRecord]]:
         """Outputs whose metrics hold `key`, in the pipeline's order."""
@@ -288,16 +290,29 @@ def headline(metrics: Mapping[str, Any]) -> tuple[str | None, bool]:
     return next(((k, up) for k, up in HEADLINES if k in metrics), (None, True))
 
 
-def _training(outputs: _Outputs) -> Training | None:
-    found = outputs.first("objective")
+def _model(outputs: _Outputs) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The model's committed metrics and its card (model.json; a fleet's is the global
+    model's), the card's metrics under the commit's: a fleet commits only headline
+    figures, its global model's card has the calibration and ROC."""
+    found = next((f for f in outputs.records if any(k in f[3].metrics for k, _ in HEADLINES)),
+                 None)
     if found is None:
         return None
-    metrics = found[3].metrics
+    card = outputs.json_file(found[2], found[3], "model.json") or {}
+    return {**(card.get("metrics") or {}), **found[3].metrics}, card
+
+
+def _training(outputs: _Outputs) -> Training | None:
+    model = outputs.model
+    if model is None:
+        return None
+    metrics = model[0]
     name, _ = headline(metrics)
     calibration = metrics.get("calibration_valid") or {}
     roc = metrics.get("roc_valid") or {}
     return Training(
         objective=metrics.get("objective"), headline=name,
+        fleet="segments_trained" in metrics,
         metrics={k: metrics[k] for k in SHOWN_TRAIN_METRICS if k in metrics},
         calibration=[CalibrationBin.model_validate(b) for b in calibration.get("bins", [])],
         roc=Roc(fpr=roc["fpr"], tpr=roc["tpr"]) if roc.get("fpr") else None)
@@ -355,10 +370,7 @@ def _fleet_drift(by_model: Mapping[str, Any], limits: tuple[float, float]) -> Dr
 
 def _vocabularies(outputs: _Outputs) -> dict[str, list[str]]:
     """Category names for the drift bins, from the model card (model.json)."""
-    found = outputs.first("objective")
-    if found is None:
-        return {}
-    card = outputs.json_file(found[2], found[3], "model.json") or {}
+    card = outputs.model[1] if outputs.model else {}
     categorical = (card.get("feature_map") or {}).get("categorical") or {}
     return {k: [str(v) for v in values] for k, values in categorical.items()}
 

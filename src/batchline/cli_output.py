@@ -124,7 +124,7 @@ def summary_lines(manifest: RunManifest, seconds: float) -> list[str]:
                  f"{shown}; manifest {layout.manifest_uri(manifest.root, manifest.run_id)}")
     report = report_uri(manifest.root, manifest.run_id)
     try:  # the launcher writes it at the end, best-effort: point to it only if it is there
-        if storage.exists(report):
+        if storage.is_file(report):
             lines.append(f"report {report}")
     except BatchlineError:
         pass

@@ -307,7 +307,7 @@ def png_pixels(path: Path) -> tuple[int, int, list[bytes]]:
 
 def _colors(path: Path) -> tuple[float, int]:
     """Share of non-white pixels and the count of the plots' blue ones."""
-    width, height, rows = png_pixels(path)
+    width, _, rows = png_pixels(path)
     inked = blue = 0
     for row in rows[::4]:  # every 4th row is plenty
         for x in range(0, width * 3, 3):

@@ -113,8 +113,7 @@ def render(content: RunContent) -> str:
     """The whole page."""
     sections = [_header(content), _attention(content.attention), _accuracy(content.accuracy),
                 _stages(content.stages, content.seconds), _quality(content.quality),
-                _training(content.training), _drift(content.drift), _fleet(content.fleet,
-                                                                           content.drift),
+                _training(content.training), _drift(content.drift), _fleet(content.fleet),
                 _footer(content)]
     # The JSON document inside the page, so a machine reading the file gets the same
     # content; "/" escaped keeps "</script>" and any URL out of it.
@@ -248,16 +247,18 @@ def _accuracy(accuracy: Accuracy | None) -> str:
     return head + "".join(parts)
 
 
-def _fleet(fleet: Fleet | None, drift: Drift | None) -> str:
+def _fleet(fleet: Fleet | None) -> str:
     if fleet is None:
         return ""
     counts = ", ".join(f"{v} {k.removeprefix('segments_')}" for k, v in fleet.counts.items())
+    weakest = "lowest" if fleet.higher_is_better else "highest"
     legend = (f'<p class="legend">Every segment, worst first: failed, then degraded accuracy, '
               f"then drifted, then refused by the promotion gate, then by "
-              f"{_esc(fleet.metric or 'metric')} ({'lowest' if fleet.higher_is_better else 'highest'}"
-              f" first). Click a column to sort; # restores this order. The sparkline shows "
+              f"{_esc(fleet.metric or 'metric')} ({weakest} first). Click a column to sort; "
+              f"# restores this order. The sparkline shows "
               f"the PSI of each feature in the segment's scored rows against its own model's "
-              f"training rows, one bar per feature in this order: {_esc(', '.join(fleet.features))}"
+              f"training rows, one bar per feature in this order: "
+              f"{_esc(', '.join(fleet.features))}"
               f"; red bars are at or above {fleet.warn:g}.</p>")
     rows = []
     for i, s in enumerate(fleet.segments, 1):

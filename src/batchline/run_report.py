@@ -14,6 +14,7 @@ the report of a failed run is still a report.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -161,7 +162,7 @@ class Fleet(BaseModel):
 class RunContent(BaseModel):
     """Everything the run report shows."""
 
-    schema_: Literal["batchline.report/1"] = Field(SCHEMA, alias="schema")
+    schema_: Literal["batchline.report/1"] = Field("batchline.report/1", alias="schema")
     run_id: str
     pipeline: str
     state: str
@@ -324,7 +325,7 @@ def _bin_labels(entry: Mapping[str, Any], vocabulary: list[str] | None) -> list[
         edges = [f"{e:g}" for e in entry["edges"]]
         if not edges:
             return ["all", "missing"]
-        inner = [f"{a}-{b}" for a, b in zip(edges, edges[1:], strict=False)]
+        inner = [f"{a}-{b}" for a, b in itertools.pairwise(edges)]
         return [f"<{edges[0]}", *inner, f">={edges[-1]}", "missing"]
     codes = int(entry.get("codes") or 0)
     names = vocabulary if vocabulary and len(vocabulary) == codes else \

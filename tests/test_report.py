@@ -365,3 +365,26 @@ def test_the_demo_report_in_chromium(tmp_path: Path, demo_csv: Path) -> None:
 
     assert console_problems(stderr_dom + stderr_shot) == []
     assert page_requests(log_dom) == [] and page_requests(log_shot) == []
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_clicking_a_fleet_column_sorts_the_table_in_chromium(tmp_path: Path) -> None:
+    """The page's own script, driven by a click: rows sort by rows, then back by #."""
+    content = run_report.build(_fleet_run(str(tmp_path / "store"), 30))
+    probe = ("<script>var t = document.getElementById('segments'), h = t.tHead.rows[0].cells;"
+             "function first() { return Array.prototype.map.call(t.tBodies[0].rows,"
+             " function (r) { return r.cells[1].textContent; }).slice(0, 3).join(' '); }"
+             "h[3].click(); var up = first(); h[3].click(); var down = first();"
+             "h[0].click(); document.body.setAttribute('data-probe', up + '|' + down + '|' +"
+             " first() + '|' + h[0].getAttribute('aria-sort'));</script>")
+    page = tmp_path / "fleet.html"
+    page.write_text(report_html.render(content).replace("</body>", probe + "</body>"))
+    dom, stderr, _ = _chromium(tmp_path, page, "--dump-dom")
+    found = re.search(r'data-probe="([^"]*)"', dom)
+    assert found, dom[-2000:]
+    up, down, restored, state = found.group(1).split("|")
+    # rows: H004 failed (none), then 2000 + i; the global model has 10**6
+    assert up == "H004 H000 H001" and down == "_global H029 H028", found.group(1)
+    assert restored == " ".join(s.segment for s in content.fleet.segments[:3])  # type: ignore
+    assert state == "ascending" and console_problems(stderr) == []

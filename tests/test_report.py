@@ -138,6 +138,17 @@ def test_the_page_holds_no_url_whatever_the_run_says(tmp_path: Path) -> None:
     assert _embedded(page)["stages"][3]["reason"].startswith("see https://example.org/x")
 
 
+def test_the_report_of_an_s3_root_is_written_beside_its_manifest(s3_bucket: str) -> None:
+    root = f"{s3_bucket}/batchline"
+    manifest = _single_run(root)
+    uri = Client(root).report(manifest.run_id)
+    assert uri == f"{root}/runs/single/report.html"
+    page = storage.read_text(uri)
+    assert page.startswith("<!DOCTYPE html>") and "plot plot-roc" in page
+    assert _embedded(page)["storage_root"] == root
+    assert Client(root).report_content("single").accuracy is not None
+
+
 def test_a_run_without_checks_or_model_says_so(tmp_path: Path) -> None:
     root = str(tmp_path)
     ingest = _commit(root, "bare", "ingest", "encounters", {"rows_in": 10})

@@ -32,6 +32,7 @@ REPORT_FILE = "report.html"
 # A model's headline figure, the first its objective has, and whether higher is better.
 HEADLINES = (("auc_valid", True), ("r2_valid", True), ("accuracy_valid", True),
              ("rmse_valid", False), ("multi_logloss_valid", False))
+FLEET_LINES = 5  # a fleet's drift lines among the first things shown; the Drift table has all
 SHOWN_TRAIN_METRICS = ("auc_valid", "logloss_valid", "calibration_ece", "prevalence_valid",
                        "rmse_valid", "mae_valid", "r2_valid", "multi_logloss_valid",
                        "accuracy_valid", "best_iteration", "rows_fit", "rows_early_stopping",
@@ -462,9 +463,12 @@ def _attention(manifest: RunManifest, content: RunContent) -> list[str]:
             lines.append(f"{len(failed)} segment models failed: {', '.join(failed[:10])}")
     if content.drift is not None and content.drift.drifted:
         if content.drift.by_fleet:
+            shifted = [r for r in content.drift.by_fleet if r.segments_drifted]
             lines += [f"drift: {r.name} shifted in {r.segments_drifted} segments (worst "
-                      f"{r.worst_segment}, PSI {r.max_psi:.3f})"
-                      for r in content.drift.by_fleet if r.segments_drifted][:10]
+                      f"{r.worst_segment}, PSI {r.max_psi:.3f})" for r in shifted[:FLEET_LINES]]
+            if len(shifted) > FLEET_LINES:
+                lines.append(f"drift: {len(shifted) - FLEET_LINES} more features shifted in "
+                             "some segments (see Drift)")
         else:
             psi = {f.name: f for f in content.drift.features}
             lines += [f"drift: {n} PSI {psi[n].psi:.3f}, a {psi[n].band} shift"

@@ -78,7 +78,7 @@ def main() -> None:
     work, docs = Path(args.work), Path(args.docs)
     work.mkdir(parents=True, exist_ok=True)
     docs.mkdir(parents=True, exist_ok=True)
-    cases = [("demo", "readmission.yaml", ["--rows", "200000"], 2400),
+    cases = [("demo", "readmission.yaml", ["--rows", "200000"], 1700),
              ("fleet-500", "readmission_fleet.yaml",
               ["--hospitals", "500", "--rows", str(args.fleet_rows)], 2600)]
     lines = []

@@ -399,3 +399,20 @@ def test_clicking_a_fleet_column_sorts_the_table_in_chromium(tmp_path: Path) -> 
     assert up == "H004 H000 H001" and down == "_global H029 H028", found.group(1)
     assert restored == " ".join(s.segment for s in content.fleet.segments[:3])  # type: ignore
     assert state == "ascending" and console_problems(stderr) == []
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_every_section_in_chromium(tmp_path: Path) -> None:
+    """Checks and the monitor (stages that land later) as a person sees them."""
+    page = tmp_path / "sections.html"
+    page.write_text(report_html.render(run_report.build(_single_run(str(tmp_path / "s")))))
+    dom, stderr, net_log = _chromium(tmp_path, page, "--dump-dom")
+    for kind in ("accuracy", "histogram", "calibration", "roc", "gantt"):
+        assert f"plot plot-{kind}" in dom, kind
+    shot = tmp_path / "sections.png"
+    _, stderr_shot, _ = _chromium(tmp_path, page, f"--screenshot={shot}")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, ARTIFACTS / "report-sections.png")
+    assert _colors(shot)[1] > 200
+    assert console_problems(stderr + stderr_shot) == [] and page_requests(net_log) == []

@@ -61,7 +61,10 @@ def gantt(stages: Sequence[tuple[str, str, float | None, float | None]], total: 
     a stage that did not run (reused, skipped) gets a label instead of a bar."""
     width, left, row = 640, 90, 24
     span = width - left - 70
-    total = max(total, 1e-3)
+    # The run's own span, or its stages' if they reach further (a run still going).
+    ends = [start + seconds for _, _, start, seconds in stages
+            if start is not None and seconds is not None]
+    total = max(total, *ends, 1e-3)
     body = []
     for i, (name, state, start, seconds) in enumerate(stages):
         y = 8 + i * row
@@ -90,7 +93,7 @@ def duration(seconds: float) -> str:
 def histograms(bins: Sequence[str], expected: Sequence[int], actual: Sequence[int],
                name: str) -> str:
     """Shares per bin: the training rows (grey) beside this run's rows (blue)."""
-    width, height, left, top, bottom = 420, 170, 34, 10, 40
+    width, height, left, top, bottom = 420, 180, 34, 20, 40
     legend = (f'<rect x="{width - 150}" y="4" width="9" height="9" fill="{EXPECTED}"/>'
               + _text(width - 138, 12, "training", size=10)
               + f'<rect x="{width - 80}" y="4" width="9" height="9" fill="{ACTUAL}"/>'
@@ -174,7 +177,7 @@ def accuracy_line(labels: Sequence[str], values: Sequence[float | None],
     margin = (hi - lo) * 0.1 or 0.01
     lo, hi = lo - margin, hi + margin
     ky, offy = _scale(lo, hi, height - bottom, top)
-    step = (width - left - 14) / max(len(labels) - 1, 1)
+    step = (width - left - 50) / max(len(labels) - 1, 1)  # room for the last label
     xs = [left + 7 + i * step for i in range(len(labels))]
     body = [_frame(left, top, width - left - 6, height - top - bottom),
             _text(left - 4, top + 8, f"{hi:.3f}", "end", 9),

@@ -27,6 +27,7 @@ def _n(value: float) -> str:
 
 
 def svg(width: int, height: int, body: str, label: str, kind: str) -> str:
+    """One plot: its elements in an `<svg>` with a title that says what it shows."""
     return (f'<svg class="plot plot-{kind}" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(label)}">'
             f"<title>{escape(label)}</title>{body}</svg>")
@@ -84,6 +85,7 @@ def gantt(stages: Sequence[tuple[str, str, float | None, float | None]], total: 
 
 
 def duration(seconds: float) -> str:
+    """Seconds as a person reads them: 4.2s, 7m35s."""
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(seconds), 60)

@@ -41,6 +41,8 @@ SHOWN_TRAIN_METRICS = ("auc_valid", "logloss_valid", "calibration_ece", "prevale
 
 
 class StageRow(BaseModel):
+    """One stage of the run: how it ended, when and how long it ran."""
+
     name: str
     state: str
     cause: str | None = None
@@ -64,11 +66,15 @@ class Check(BaseModel):
 
 
 class Quality(BaseModel):
+    """The data-quality checks of the run's ingested data."""
+
     source: str = Field(description="the committed dataset the checks came with")
     checks: list[Check] | None = Field(description="None: no checks declared")
 
 
 class FeatureDrift(BaseModel):
+    """One feature (or the predictions) of a single model: PSI, band and the bins' counts."""
+
     name: str
     psi: float
     noise: float = 0.0
@@ -88,6 +94,8 @@ class FleetFeatureDrift(BaseModel):
 
 
 class Drift(BaseModel):
+    """The scored population against the training rows, worst first."""
+
     warn: float
     alert: float
     drifted: list[str] = Field(description="drifted features (or prediction), worst first")
@@ -97,17 +105,23 @@ class Drift(BaseModel):
 
 
 class CalibrationBin(BaseModel):
+    """Validation rows of one equal-count bin: mean predicted and observed rate."""
+
     n: int
     predicted: float
     observed: float
 
 
 class Roc(BaseModel):
+    """The ROC curve of the validation rows (train's `roc_valid`)."""
+
     fpr: list[float]
     tpr: list[float]
 
 
 class Training(BaseModel):
+    """The model: headline metrics, calibration and ROC (a fleet: its global model)."""
+
     objective: str | None
     fleet: bool = Field(False, description="the global model of a fleet")
     headline: str | None = Field(description="the objective's headline metric")
@@ -117,6 +131,8 @@ class Training(BaseModel):
 
 
 class AccuracyPoint(BaseModel):
+    """The model's metric on matured labels for one month, run or segment."""
+
     label: str = Field(description="a month (YYYY-MM), a run id or a segment")
     labelled: int | None = None
     value: float | None = None
@@ -125,6 +141,8 @@ class AccuracyPoint(BaseModel):
 
 
 class Accuracy(BaseModel):
+    """Accuracy over time, from a monitor stage's `monitor` metrics."""
+
     metric: str
     tolerance: float
     by_month: list[AccuracyPoint] = Field(default_factory=list)
@@ -135,6 +153,8 @@ class Accuracy(BaseModel):
 
 
 class SegmentRow(BaseModel):
+    """One model of a fleet, as the segments table shows it."""
+
     segment: str
     status: str = Field(description="ok, failed or fallback")
     rows: int | None = None
@@ -152,6 +172,8 @@ class SegmentRow(BaseModel):
 
 
 class Fleet(BaseModel):
+    """Every model of a fleet run, worst first."""
+
     metric: str | None
     higher_is_better: bool = True
     features: list[str] = Field(description="the sparkline's bars, left to right")
@@ -187,6 +209,7 @@ class RunContent(BaseModel):
 
 
 def report_uri(root: str, run_id: str) -> str:
+    """Where a run's report lives: `runs/<id>/report.html` beside its manifest."""
     return storage.join(layout.run_uri(root, run_id), REPORT_FILE)
 
 
@@ -211,10 +234,12 @@ def build(manifest: RunManifest) -> RunContent:
 
 
 def to_json(content: RunContent) -> str:
+    """The content as `batchline report --json` prints it."""
     return content.model_dump_json(by_alias=True, indent=2)
 
 
 def json_schema() -> dict[str, Any]:
+    """The JSON schema of the content (docs/report.schema.json is generated from it)."""
     return RunContent.model_json_schema(by_alias=True)
 
 

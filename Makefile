@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images bench-search bench-fleet bench-fleet-k8s clean
+.PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images bench-search bench-fleet bench-fleet-k8s report-screenshots clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ bench-fleet: setup  ## the 500-hospital fleet run, then the same models trained 
 	$(BIN)/batchline run jobs/readmission_fleet.yaml --storage build/bench-fleet/store --run-id fleet \
 	  --set stages.ingest.params.source=build/bench-fleet/data/encounters.csv
 	$(BIN)/python bench/fleet_vs_loop.py build/bench-fleet/store fleet
+
+report-screenshots: setup  ## the run report of the demo and of a 500-hospital fleet: docs/report/*.png, sizes for bench/results.md (needs chromium)
+	$(BIN)/python bench/report_screenshots.py
 
 bench-fleet-k8s: setup images  ## the 500-hospital fleet on the Kubernetes harness: train as one Indexed Job, S3 on moto
 	test -f build/bench-fleet/data/encounters.csv || \

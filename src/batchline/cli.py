@@ -479,6 +479,28 @@ def logs(run_id: RunArg,
     _guard(body)
 
 
+@app.command("report")
+def report_(run_id: RunArg, storage_opt: StorageOpt = None,
+            as_json: Annotated[bool, typer.Option(
+                "--json", help="print the report's content as one JSON document "
+                "(schema: docs/report.schema.json) instead of writing the file")] = False,
+            out: Annotated[str | None, typer.Option(
+                "--out", help="write the HTML here (a path or s3:// URI) [default: "
+                "runs/RUN/report.html under the storage root]")] = None) -> None:
+    """Write the run's report: one self-contained HTML file (stages and timings, data
+    quality, drift per feature, calibration and ROC, accuracy over time, a fleet's
+    segments), and print its URI."""
+    def body() -> None:
+        client = _client(storage_opt)
+        if as_json:
+            from batchline import run_report
+
+            _say(run_report.to_json(client.report_content(run_id)))
+            return
+        _say(client.report(run_id, out))
+    _guard(body)
+
+
 @app.command()
 def explain(run_id: RunArg, storage_opt: StorageOpt = None) -> None:
     """Say for each stage why it ran or was reused, and what `resume --set` changed."""

@@ -117,10 +117,18 @@ def summary_lines(manifest: RunManifest, seconds: float) -> list[str]:
     counts = Counter(str(e.state) for e in manifest.stages.values())
     order = ["succeeded", "reused", "failed", "cancelled", "running", "pending", "skipped"]
     shown = ", ".join(f"{counts[s]} {s}" for s in order if counts[s])
-    from batchline import layout
+    from batchline import layout, storage
+    from batchline.errors import BatchlineError
+    from batchline.run_report import report_uri
 
     lines.append(f"run {manifest.run_id} {manifest.shown_state()} in {duration(seconds)}: "
                  f"{shown}; manifest {layout.manifest_uri(manifest.root, manifest.run_id)}")
+    report = report_uri(manifest.root, manifest.run_id)
+    try:  # the launcher writes it at the end, best-effort: point to it only if it is there
+        if storage.is_file(report):
+            lines.append(f"report {report}")
+    except BatchlineError:
+        pass
     return lines
 
 

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from batchline.registry import Registry
+    from batchline.run_report import RunContent
 
 log = logging.getLogger(__name__)
 DEFAULT_STORAGE = "./batchline-data"
@@ -231,6 +232,20 @@ class Client:
             raise SpecError(f"attempt {chosen} of stage {stage} (run {run_id}) left no log "
                             f"yet (state: {entry.state})")
         return "".join(storage.read_text(uri) for uri in uris)
+
+    def report(self, run_id: str, out: str | None = None) -> str:
+        """Write the run's report, one self-contained HTML file (`runs/<id>/report.html`,
+        or `out`), and return its URI; `report_content` is the same as data."""
+        from batchline import report_html
+
+        return report_html.write(self.status(run_id), out)[0]
+
+    def report_content(self, run_id: str) -> RunContent:
+        """What the run's report shows (stages, data quality, model, drift, accuracy,
+        a fleet's segments), as the document `batchline report --json` prints."""
+        from batchline import run_report
+
+        return run_report.build(self.status(run_id))
 
     # -- reading outputs ----------------------------------------------------------------
     def dataset(self, run_id: str, output: str) -> pa.Table:

@@ -202,7 +202,23 @@ class Launcher:
                              Cause.BAD_INPUT if error.exit_code == 2 else Cause.USER_ERROR)
             raise error from exc
         finally:
+            self._write_report(sys.exc_info()[1])
             self.lease.release()
+
+    def _write_report(self, error: BaseException | None) -> None:
+        """The run's report.html, best-effort: a report that fails to render is a warning,
+        never the run's failure. Not when storage is what failed (every write would wait
+        out its retries) nor when the run is no longer this launcher's."""
+        if not self.manifest.state.ended or isinstance(
+                error, StorageUnavailable | OSError | LeaseLost | LauncherDetached):
+            return
+        try:
+            from batchline import report_html
+
+            uri, _ = report_html.write(self.manifest)
+            log.info("run %s: report %s", self.run_id, uri)
+        except Exception as exc:  # any rendering bug must leave the run alone
+            log.warning("run %s: could not write its report: %s", self.run_id, exc)
 
     def _mark_ended(self, state: RunState, reason: str, cause: Cause) -> None:
         # Storage may be what is failing, so the manifest may not be writable

@@ -45,6 +45,26 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, objec
     return {"ece": round(ece, 5), "bins": table}
 
 
+def roc_curve(y: np.ndarray, p: np.ndarray, points: int = 50) -> dict[str, list[float]]:
+    """The ROC curve at about `points` thresholds (score quantiles), small enough for
+    `_SUCCESS.json`: false and true positive rates from (0, 0) to (1, 1), highest
+    threshold first. Quantile thresholds keep the curve's shape where the rows are."""
+    y = np.asarray(y).astype(bool)
+    p = np.asarray(p, dtype=np.float64)
+    positives, negatives = np.sort(p[y]), np.sort(p[~y])
+    if positives.size == 0 or negatives.size == 0:
+        return {"fpr": [], "tpr": [], "thresholds": []}
+    cuts = np.unique(np.quantile(p, np.linspace(0.0, 1.0, points + 1)))[::-1]
+
+    def above(sorted_scores: np.ndarray) -> np.ndarray:  # share of scores >= each cut
+        return 1.0 - np.searchsorted(sorted_scores, cuts, side="left") / sorted_scores.size
+
+    fpr, tpr = above(negatives), above(positives)
+    return {"fpr": [0.0, *(round(float(v), 4) for v in fpr)],
+            "tpr": [0.0, *(round(float(v), 4) for v in tpr)],
+            "thresholds": [1.0, *(round(float(v), 5) for v in cuts)]}
+
+
 def rmse(y: np.ndarray, pred: np.ndarray) -> float:
     """Root mean squared error."""
     diff = np.asarray(pred, dtype=np.float64) - np.asarray(y, dtype=np.float64)

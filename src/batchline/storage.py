@@ -101,6 +101,13 @@ def exists(uri: str) -> bool:
                          "look up", uri)
 
 
+def is_file(uri: str) -> bool:
+    """Whether `uri` is a file (not missing, not a folder)."""
+    fs, path = resolve(uri)
+    return _retry().call(lambda: fs.get_file_info(path).type == pafs.FileType.File,
+                         "look up", uri)
+
+
 def retrying(fn: Callable[[], T], what: str, uri: str) -> T:
     """Call `fn` (filesystem calls about `uri`) under the storage retry policy: a
     transient failure is retried, one that lasts becomes StorageUnavailable."""

@@ -31,7 +31,17 @@ import pyarrow.dataset as ds
 
 from batchline import cpu, storage
 from batchline.errors import DataError, SpecError
-from batchline.metrics import accuracy, auc, calibration, log_loss, mae, multi_log_loss, r2, rmse
+from batchline.metrics import (
+    accuracy,
+    auc,
+    calibration,
+    log_loss,
+    mae,
+    multi_log_loss,
+    r2,
+    rmse,
+    roc_curve,
+)
 from batchline.params import GroupSplit, RandomSplit, TimeSplit, TrainParams
 from batchline.stages import drift
 from batchline.stages import split as splits
@@ -267,6 +277,8 @@ def validation_metrics(objective: str, y: np.ndarray, pred: np.ndarray, y_fit: n
         return {"auc_valid": round(auc(y, pred), 5),
                 "logloss_valid": round(log_loss(y, pred), 5),
                 "calibration_valid": calibration(y, pred, params.calibration_bins),
+                # about 50 points: enough to draw the curve in the run report
+                "roc_valid": roc_curve(y, pred),
                 "prevalence_valid": round(float(y.mean()), 5)}
     if objective == "regression":
         baseline = np.full(len(y), float(y_fit.mean()))

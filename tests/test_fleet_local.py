@@ -284,8 +284,10 @@ def test_the_monitor_judges_each_hospital_model_and_marks_it_in_the_registry(
                        sets=_sets(tmp_path / "early" / "encounters.csv", **monitor))
     assert storage.committed(first.stage("monitor").outputs["accuracy"]).metrics[
         "monitor"]["scorings"] == []
-    second = client.run(str(FLEET), run_id="second", stages=["ingest", "monitor"],
+    # the next run: the whole pipeline on the matured data, as a nightly run would
+    second = client.run(str(FLEET), run_id="second",
                         sets=_sets(tmp_path / "late" / "encounters.csv", **monitor))
+    assert list(second.stages)[:2] == ["ingest", "monitor"]  # judged before train runs
     found = storage.committed(second.stage("monitor").outputs["accuracy"]).metrics["monitor"]
     predictions = storage.open_dataset(first.stage("score").outputs["predictions"]).to_table()
     outcomes = pacsv.read_csv(tmp_path / "late" / "encounters.csv")
@@ -313,3 +315,10 @@ def test_the_monitor_judges_each_hospital_model_and_marks_it_in_the_registry(
         marked = registry.health(model["model_segment"], model["model_version"])
         assert marked is not None and marked["degraded"] == model["degraded"]
         assert marked["run_id"] == "second"
+    # ... and the same run's promotion gate reads it: a degraded champion comes first
+    degraded = {m["model_segment"]: m["model_version"] for m in judged if m["degraded"]}
+    assert degraded
+    for segment, version in degraded.items():
+        decision = registry.decision(segment, "second")
+        assert decision is not None and decision["champion_version"] == version
+        assert decision["reason"].startswith(f"champion {version} is degraded: auc ")

@@ -21,6 +21,7 @@ from batchline import report_plots as plots
 from batchline import run_report, storage
 from batchline.manifest import RunManifest
 from batchline.run_report import (
+    ACCURACY_LINES,
     Accuracy,
     Drift,
     Fleet,
@@ -226,16 +227,20 @@ def _accuracy(accuracy: Accuracy | None) -> str:
         return ""
     head = f'<h2 id="accuracy">Accuracy over time ({_esc(accuracy.metric)})</h2>'
     parts = []
-    if accuracy.degraded:
+    if accuracy.degraded:  # the worst named here; every group is in the tables below
+        shown = accuracy.degraded[:ACCURACY_LINES]
+        more = len(accuracy.degraded) - len(shown)
         parts.append('<ul class="attention">' + "".join(
-            f"<li>{_esc(d)}</li>" for d in accuracy.degraded) + "</ul>")
+            f"<li>{_esc(d)}</li>" for d in shown) +
+            (f"<li>and {more} more, in the tables below</li>" if more else "") + "</ul>")
     months = accuracy.by_month
     if months:
         training = next((p.training for p in reversed(months) if p.training is not None), None)
         parts.append(plots.accuracy_line([p.label for p in months], [p.value for p in months],
                                          training, accuracy.tolerance,
                                          [p.degraded for p in months], accuracy.metric))
-    for title, points in (("by segment (degraded first)", accuracy.by_segment),
+    for title, points in (("by model (degraded first)", accuracy.by_model),
+                          ("by segment (degraded first, then worst)", accuracy.by_segment),
                           ("by run", accuracy.by_run),
                           ("by month", sorted(months, key=lambda p: not p.degraded))):
         if points:

@@ -32,6 +32,7 @@ REPORT_FILE = "report.html"
 # A model's headline figure, the first its objective has, and whether higher is better.
 HEADLINES = (("auc_valid", True), ("r2_valid", True), ("accuracy_valid", True),
              ("rmse_valid", False), ("multi_logloss_valid", False))
+ACCURACY_LINES = 10  # degraded groups named among the first things shown; the tables have all
 FLEET_LINES = 5  # a fleet's drift lines among the first things shown; the Drift table has all
 SHOWN_TRAIN_METRICS = ("auc_valid", "logloss_valid", "calibration_ece", "prevalence_valid",
                        "rmse_valid", "mae_valid", "r2_valid", "multi_logloss_valid",
@@ -148,7 +149,10 @@ class Accuracy(BaseModel):
     by_month: list[AccuracyPoint] = Field(default_factory=list)
     by_run: list[AccuracyPoint] = Field(default_factory=list)
     by_segment: list[AccuracyPoint] = Field(default_factory=list,
-                                            description="degraded first")
+                                            description="degraded first, then worst first")
+    by_model: list[AccuracyPoint] = Field(default_factory=list,
+                                          description="each model (segment/version) on the "
+                                          "outcomes of its rows; degraded first")
     degraded: list[str] = Field(default_factory=list)
 
 
@@ -414,13 +418,17 @@ def _accuracy(outputs: _Outputs) -> Accuracy | None:
         return None
     monitor = found[3].metrics["monitor"]
     metric = str(monitor.get("metric", "auc"))
+    # the monitor lists them worst first; a stable sort keeps that under "degraded first"
     by_segment = _points(monitor.get("by_segment", []), "segment", metric)
-    by_segment.sort(key=lambda p: (not p.degraded, p.label))
+    by_segment.sort(key=lambda p: not p.degraded)
+    by_model = _points(monitor.get("by_model", []), "model", metric)
+    by_model.sort(key=lambda p: not p.degraded)
     return Accuracy(metric=metric, tolerance=float(monitor.get("tolerance", 0.0)),
                     by_month=sorted(_points(monitor.get("by_month", []), "month", metric),
                                     key=lambda p: p.label),
                     by_run=_points(monitor.get("by_run", []), "run_id", metric),
-                    by_segment=by_segment, degraded=list(monitor.get("degraded", [])))
+                    by_segment=by_segment, by_model=by_model,
+                    degraded=list(monitor.get("degraded", [])))
 
 
 def _fleet(outputs: _Outputs, manifest: RunManifest, accuracy: Accuracy | None) -> Fleet | None:
@@ -477,7 +485,11 @@ def _attention(manifest: RunManifest, content: RunContent) -> list[str]:
              (f": {s.reason}" if s.reason else "") for s in content.stages
              if s.state in ("failed", "cancelled")]
     if content.accuracy is not None:
-        lines += [f"accuracy: {d}" for d in content.accuracy.degraded]
+        degraded = content.accuracy.degraded
+        lines += [f"accuracy: {d}" for d in degraded[:ACCURACY_LINES]]
+        if len(degraded) > ACCURACY_LINES:
+            lines.append(f"accuracy: {len(degraded) - ACCURACY_LINES} more degraded models, "
+                         "months, segments or runs (see Accuracy over time)")
     if content.quality is not None and content.quality.checks:
         lines += [f"data quality: {c.check}" + (f" on {c.column}" if c.column else "") +
                   f" {c.status}" + (f": {c.message}" if c.message else "")

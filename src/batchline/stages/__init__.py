@@ -91,6 +91,15 @@ _DEFS = (
              summary=("rows_in", "rows_committed", "rows_bad", "generator_best_auc",
                       "checks_warned"),
              extras=("ingest",), dated=judged_by_date),
+    # optional: a spec that lists it joins the outcomes it ingests to earlier runs' scores.
+    # Listed before train, so that (needing only ingest) it runs first and the promotion
+    # gate of the same run reads the health it records of the champions.
+    StageDef("monitor", "matured outcomes joined to earlier runs' predictions: accuracy "
+             "per run, month, segment and model against training",
+             MonitorParams, inputs={"outcomes": "encounters"}, outputs=("accuracy",),
+             summary=("outcomes_matched", "degraded_alerts"), extras=("model", "features"),
+             # registered models (a fleet's) get the verdict beside them in the registry
+             settle=health.settle),
     StageDef("features", "the spec's feature SQL, run by DuckDB",
              FeaturesParams, inputs={"encounters": "encounters"}, outputs=("features",),
              extras=("features",)),
@@ -116,13 +125,6 @@ _DEFS = (
              merge_shards=psi.merge_score_metrics,
              # DuckDB too: a `population: {where: ...}` predicate runs in it
              extras=("model", "features")),
-    # optional: a spec that lists it joins the outcomes it ingests to earlier runs' scores
-    StageDef("monitor", "matured outcomes joined to earlier runs' predictions: accuracy "
-             "per run, month, segment and model against training",
-             MonitorParams, inputs={"outcomes": "encounters"}, outputs=("accuracy",),
-             summary=("outcomes_matched", "degraded_alerts"), extras=("model", "features"),
-             # registered models (a fleet's) get the verdict beside them in the registry
-             settle=health.settle),
 )
 
 STAGES: dict[str, StageDef] = {d.name: d for d in _DEFS}

@@ -45,8 +45,9 @@ ACCURACY_SCHEMA = pa.schema([
     ("calibration_ece", pa.float64()), ("training", pa.float64()), ("judged", pa.bool_()),
     ("degraded", pa.bool_())])
 MAX_WARNINGS = 10  # degraded groups named in the summary; all are in the metrics
-_LEVELS = (("by_model", "model"), ("by_month", "month"), ("by_segment", "segment"),
-           ("by_run", "run_id"))
+# level -> the key naming its groups, and the word for one in a sentence
+_LEVELS = (("by_model", "model", "model"), ("by_month", "month", "month"),
+           ("by_segment", "segment", "segment"), ("by_run", "run_id", "scoring run"))
 
 
 @dataclass(frozen=True)
@@ -230,8 +231,8 @@ class Evaluation:
         # worst first where a person reads a list: degraded, then by how far below
         for name in ("by_model", "by_segment"):
             found[name].sort(key=lambda r: (not r["degraded"], _gap(r, self.judge.metric)))
-        degraded = [self.judge.describe(r, f"{what} {r[key]}") for level, key in _LEVELS
-                    for what in [key.replace("_", " ")] for r in found[level] if r["degraded"]]
+        degraded = [self.judge.describe(r, f"{word} {r[key]}") for level, key, word in _LEVELS
+                    for r in found[level] if r["degraded"]]
         return {**found, "degraded": degraded}
 
 
@@ -247,7 +248,7 @@ def accuracy_table(result: dict[str, Any]) -> pa.Table:
     """Every group of every level as one row: what the `accuracy` dataset holds."""
     rows = [{"level": level.removeprefix("by_"), "key": str(r[key]),
              **{c: r[c] for c in ACCURACY_SCHEMA.names[2:]}}
-            for level, key in _LEVELS for r in result[level]]
+            for level, key, _ in _LEVELS for r in result[level]]
     return pa.Table.from_pylist(rows, schema=ACCURACY_SCHEMA)
 
 

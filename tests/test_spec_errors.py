@@ -31,8 +31,8 @@ def test_a_misspelt_stage_does_not_hide_a_bad_shards(tmp_path: Path) -> None:
         data["stages"]["train"]["shards"] = 4
 
     assert sorted(_problems(tmp_path, change)) == [
-        "stages.scor: unknown stage 'scor'; did you mean 'score'? (stages: ingest, features, "
-        "train, score)",
+        "stages.scor: unknown stage 'scor'; did you mean 'score'? (stages: ingest, monitor, "
+        "features, train, score)",
         "stages.train.shards: stage 'train' cannot be sharded (shardable: score); remove "
         "shards or set it to 1"]
 

@@ -265,6 +265,8 @@ def test_out_of_memory_names_the_setting_to_raise(platform: Platform, s3_bucket:
                      stages__ingest__params__columns={"encounter_id": "int64",
                                                       "note": "string"},
                      stages__ingest__params__required=["encounter_id"],
+                     # the shipped checks name columns this file does not have
+                     stages__ingest__params__checks=None,
                      stages__ingest__resources__memory="192Mi",
                      stages__ingest__resources__timeout_seconds=300)
     task = task_of(spec, f"{s3_bucket}/{platform.name}", platform.run_id("oom"), "ingest")

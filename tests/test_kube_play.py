@@ -41,8 +41,8 @@ def _podman(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
 
 def _ingest_task(root: str, source: str, image: str) -> StageTask:
     """The ingest stage as the launcher would resolve it, params from the real spec."""
-    spec = yaml.safe_load(SPEC.read_text(encoding="utf-8"))
-    params = {**spec["stages"]["ingest"]["params"], "source": source}
+    # as the launcher dumps them: JSON-ready (the checks' dates as ISO text)
+    params = {**load_spec(SPEC).params("ingest").model_dump(mode="json"), "source": source}
     # A fresh run id per test: the pod (and its container) is named after it.
     run_id = f"kp-{uuid.uuid4().hex[:8]}"
     task = StageTask(run_id=run_id, stage="ingest", inputs={}, params=params,

@@ -126,6 +126,8 @@ def test_out_of_memory_names_the_instance_type(sagemaker_harness: Any, s3_bucket
                      stages__ingest__params__format="parquet",
                      stages__ingest__params__columns={"encounter_id": "int64", "note": "string"},
                      stages__ingest__params__required=["encounter_id"],
+                     # the shipped checks name columns this file does not have
+                     stages__ingest__params__checks=None,
                      stages__ingest__retries=0)
     run_id = f"oom-{uuid.uuid4().hex[:6]}"
     root = f"{s3_bucket}/oom"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 
@@ -43,6 +46,14 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, objec
                       "observed": round(mean_y, 5)})
         ece += len(chunk_y) / len(y_sorted) * abs(mean_p - mean_y)
     return {"ece": round(ece, 5), "bins": table}
+
+
+def recorded_ece(metrics: Mapping[str, Any]) -> float | None:
+    """The calibration error a model's metrics recorded (`calibration_valid`, as
+    `calibration` returns it), or None."""
+    found = metrics.get("calibration_valid")
+    ece = found.get("ece") if isinstance(found, Mapping) else None
+    return float(ece) if isinstance(ece, int | float) else None
 
 
 def roc_curve(y: np.ndarray, p: np.ndarray, points: int = 50) -> dict[str, list[float]]:

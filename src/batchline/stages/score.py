@@ -31,6 +31,7 @@ import pyarrow.dataset as ds
 
 from batchline import cpu, psi, storage
 from batchline.errors import DataError, SpecError, StorageError
+from batchline.metrics import recorded_ece
 from batchline.params import ScoreParams, SourcePopulation, SqlPopulation
 from batchline.stages import drift
 from batchline.stages.linear_baseline import LinearModel
@@ -241,9 +242,9 @@ def trained_metrics(card: dict[str, Any]) -> dict[str, Any]:
     """What the model measured on its validation rows at training, from its card."""
     metrics = card.get("metrics") or {}
     out = {k: metrics[k] for k in TRAINED_METRICS if isinstance(metrics.get(k), int | float)}
-    calibration = metrics.get("calibration_valid")
-    if isinstance(calibration, dict) and "ece" in calibration:
-        out["calibration_ece"] = calibration["ece"]
+    ece = recorded_ece(metrics)
+    if ece is not None:
+        out["calibration_ece"] = ece
     return {**out, "trained_in_run": card.get("trained_in_run"),
             **({"segment": card["segment"]} if card.get("segment") else {})}
 

@@ -39,6 +39,7 @@ from batchline.metrics import (
     mae,
     multi_log_loss,
     r2,
+    recorded_ece,
     rmse,
     roc_curve,
 )
@@ -390,9 +391,9 @@ def commit_metrics(model: TrainedModel) -> dict[str, Any]:
         metrics.update({"search_candidates": found["candidates"],
                         "search_stopped_by": found["stopped_by"],
                         "search_gain_valid": found["gain_valid"]})
-    calibration = model.metrics.get("calibration_valid")
-    if isinstance(calibration, dict) and "ece" in calibration:
-        metrics["calibration_ece"] = calibration["ece"]
+    ece = recorded_ece(model.metrics)
+    if ece is not None:
+        metrics["calibration_ece"] = ece
     return metrics
 
 

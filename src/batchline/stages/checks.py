@@ -12,6 +12,7 @@ fails the stage before anything is committed.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -83,7 +84,7 @@ def _examples(values: list[Any]) -> str:
 
 
 @dataclass
-class _Check:
+class _Check(ABC):
     """A check of one thing; `verdict` says (passed or None for skipped, observed, text)."""
 
     kind: str
@@ -99,11 +100,12 @@ class _Check:
     def expected_text(self) -> str:
         return str(self.expected)
 
-    def observe(self, values: pa.ChunkedArray) -> None:
+    def observe(self, values: pa.ChunkedArray) -> None:  # noqa: B027 (row checks need none)
         """Take in one row group's values of the column (row checks ignore this)."""
 
+    @abstractmethod
     def verdict(self, rows: int, ctx: CheckContext) -> tuple[bool | None, Any, str]:
-        raise NotImplementedError
+        """Each kind of check judges what it observed."""
 
     def result(self, rows: int, ctx: CheckContext) -> CheckResult:
         passed, observed, text = self.verdict(rows, ctx)

@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images bench-search bench-fleet bench-fleet-k8s report-screenshots clean
+.PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images bench-search bench-fleet bench-fleet-k8s report-screenshots chromium clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -55,7 +55,7 @@ lock:  ## refresh constraints.txt from a fresh install of .[dev,bench]; review t
 	rm -rf build/lock-venv
 	git diff --stat constraints.txt
 
-test: setup podman base-image images  ## every test, slow end-to-end ones too (podman, images)
+test: setup podman chromium base-image images  ## every test, slow end-to-end ones too (podman, images, chromium)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: setup  ## unit tests only
@@ -69,6 +69,10 @@ lint: setup  ## ruff, mypy, import layering, hadolint
 
 podman:  ## install and configure podman (Debian; root)
 	bash images/setup-podman.sh
+
+chromium:  ## install Debian's chromium, which the report tests look through (root)
+	command -v chromium >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 base-image: podman  ## air-gapped Debian base image from Debian packages (debootstrap)
 	bash images/build-base.sh

@@ -328,8 +328,16 @@ def _colors(path: Path) -> tuple[float, int]:
     return inked / (width * len(rows[::4])), blue
 
 
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="apt-get install chromium "
-                                    "(.ci/run does)")
+@pytest.fixture
+def chromium() -> str:
+    """The browser these tests look through; missing is a failure, not a skip."""
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: `make test` (or .ci/run) installs it, or "
+                    "apt-get install chromium")
+    return CHROMIUM
+
+
+needs_chromium = pytest.mark.usefixtures("chromium")
 
 
 @pytest.mark.slow

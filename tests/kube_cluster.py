@@ -38,6 +38,24 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _own_empty_dirs(spec: dict[str, Any], pod_name: str) -> dict[str, Any]:
+    """Give each pod its own emptyDir volumes, as a kubelet does.
+
+    podman 4.3's `kube play` makes an emptyDir a named volume called after the
+    pod's volume, so two pods of one indexed Job played at once would share
+    (or race to create) the same volume "tmp"; naming it after the pod keeps
+    them apart, and `kube down` still removes it."""
+    spec = copy.deepcopy(spec)
+    renamed = {v["name"]: f"{pod_name}-{v['name']}" for v in spec.get("volumes", [])
+               if "emptyDir" in v}
+    for volume in spec.get("volumes", []):
+        volume["name"] = renamed.get(volume["name"], volume["name"])
+    for container in spec["containers"]:
+        for mount in container.get("volumeMounts", []):
+            mount["name"] = renamed.get(mount["name"], mount["name"])
+    return spec
+
+
 class Cluster:
     """kmock's Kubernetes emulator served on 127.0.0.1 from a background event loop."""
 
@@ -343,7 +361,7 @@ class PodmanKubelet:
         # podman wants the Pod without the API server's bookkeeping fields,
         # and Secrets resolved into plain env, as a kubelet hands them over.
         play = {**pod, "metadata": {"name": pod_name, "labels": pod["metadata"]["labels"]},
-                "spec": self._resolve_secrets(pod["spec"])}
+                "spec": _own_empty_dirs(self._resolve_secrets(pod["spec"]), pod_name)}
         self.images.extend(c["image"] for c in pod["spec"]["containers"])
         manifest.write_text(yaml.safe_dump(play))
         started = self._podman("kube", "play", "--network", "host", str(manifest), check=False)

@@ -365,6 +365,10 @@ class SageMakerHarness:
                for arg in ("--env", f"{k}={v}")]
         # What the execution role gives a real job: credentials for storage.
         env += [arg for k in CREDENTIALS if k in os.environ for arg in ("--env", k)]
+        if self._faults[f"term:{job.name}/{host}"] > 0:
+            # Hold the stage once it has started until the SIGTERM comes, so a
+            # small shard cannot finish before the harness reads "starting".
+            env += ["--env", "BATCHLINE_HOLD=stage-started:/tmp/batchline-held"]
         args = ["run", "--detach", "--name", f"{job.name}-{host}", "--pull", "never",
                 "--read-only", "--tmpfs", "/tmp:rw,size=512m,mode=1777",
                 "--user", UID, "--cap-drop", "ALL", "--security-opt", "no-new-privileges",

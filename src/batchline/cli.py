@@ -346,7 +346,8 @@ def listen(
 
     def body() -> None:
         from batchline.event_runs import EventRunner
-        from batchline.listener import Listener, hold_from_env, stop_on_sigterm
+        from batchline.holds import hold_from_env
+        from batchline.listener import Listener, stop_on_sigterm
 
         runner = EventRunner(spec_path, storage_opt, backend,
                              _options(option, namespace, context, in_cluster, secret),

@@ -18,10 +18,8 @@ message in hand and stops.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,20 +177,6 @@ def _sqs_client() -> Any:
         raise SpecError("`batchline listen` reads SQS with boto3: "
                         "pip install 'batchline[aws]'") from exc
     return boto3.client("sqs")
-
-
-def hold_from_env() -> Any:
-    """A checkpoint that blocks at a named point (BATCHLINE_HOLD=claimed:/path/marker):
-    the kill tests stop a listener exactly between claim and start, or start and delete."""
-    spec = os.environ.get("BATCHLINE_HOLD", "")
-    where, _, marker = spec.partition(":")
-
-    def checkpoint(point: str) -> None:
-        if where and point == where:
-            with open(marker, "w") as handle:
-                handle.write(str(os.getpid()))
-            time.sleep(3600)  # until the test kills this process
-    return checkpoint
 
 
 def stop_on_sigterm(listener: Listener) -> None:

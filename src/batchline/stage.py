@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from batchline import cpu, sagemaker_contract, storage
 from batchline.causes import EXIT_BAD_INPUT, EXIT_OOM, EXIT_RETRYABLE
 from batchline.errors import BatchlineError, SpecError, StorageError
+from batchline.holds import hold_from_env
 from batchline.retry import PERMANENT_ERRNOS, describe, is_transient
 from batchline.sagemaker_contract import OPT_ML, SageMakerJob
 from batchline.stages import STAGES
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace, job: SageMakerJob | None) -> tuple[int, str]:
         task = find_task(args, job)
         log.info("stage %s: starting (run %s, attempt %d, shard %d/%d)", task.stage, task.run_id,
                  task.attempt, task.shard_index, task.shard_count)
+        hold_from_env()("stage-started")
         if job is not None and sagemaker_contract.shard_already_committed(task):
             log.info("stage %s: shard %d was committed by an earlier attempt; nothing to do",
                      task.stage, task.shard_index)

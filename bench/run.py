@@ -34,6 +34,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -50,6 +51,8 @@ class Measured:
     seconds: float
     peak_rss_mb: float
     per_stage_peak_mb: dict[str, float] = field(default_factory=dict)
+    # stage processes by pid: a process started ahead names its stage only in the manifest
+    per_pid_peak_mb: dict[int, float] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
     returncode: int = 0
     auc: float | None = None
@@ -82,6 +85,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, busy: float = 0.0
         root = psutil.Process(proc.pid)
         peak = 0.0
         stages: dict[str, float] = {}
+        pids: dict[int, float] = {}
         while proc.poll() is None:
             total = 0.0
             try:
@@ -97,6 +101,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, busy: float = 0.0
                 stage = _stage_of(p)
                 if stage:
                     stages[stage] = max(stages.get(stage, 0.0), rss)
+                    pids[p.pid] = max(pids.get(p.pid, 0.0), rss)
             peak = max(peak, total)
             time.sleep(0.02)
         output = proc.stdout.read() if proc.stdout else ""
@@ -110,7 +115,9 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, busy: float = 0.0
             hog.wait()
     if proc.returncode != 0:
         print(output, file=sys.stderr)
-    return Measured(round(seconds, 2), round(peak), {k: round(v) for k, v in stages.items()},
+    return Measured(round(seconds, 2), round(peak), {k: round(v) for k, v in stages.items()
+                                                     if not k.startswith("-")},
+                    {k: round(v) for k, v in pids.items()},
                     returncode=proc.returncode, output=output, load=round(load, 1),
                     cpu_seconds=round(cpu_seconds, 1))
 
@@ -137,6 +144,19 @@ def _stage_seconds(manifest: dict[str, object]) -> dict[str, float]:
     return out
 
 
+def _started_ahead_peaks(manifest: dict[str, Any], pids: dict[int, float]
+                         ) -> dict[str, float]:
+    """Peak RSS of stages that ran in a process started ahead (`--standby` on its command
+    line), found by the pid the manifest's attempts record (`backend_ref` "pid N")."""
+    out: dict[str, float] = {}
+    for name, record in manifest["stages"].items():
+        for attempt in record.get("attempts") or []:
+            ref = str(attempt.get("backend_ref", ""))
+            if ref.startswith("pid ") and int(ref[4:]) in pids:
+                out[name] = max(out.get(name, 0.0), pids[int(ref[4:])])
+    return out
+
+
 def run_batchline(src: Path, store: Path, run_id: str, busy: float, pythonpath: str | None,
                   extra_env: dict[str, str] | None = None) -> Measured:
     env = dict(extra_env or {})
@@ -150,6 +170,7 @@ def run_batchline(src: Path, store: Path, run_id: str, busy: float, pythonpath: 
     if m.returncode == 0 and path.exists():
         manifest = json.loads(path.read_text())
         m.phases = _stage_seconds(manifest)
+        m.per_stage_peak_mb.update(_started_ahead_peaks(manifest, m.per_pid_peak_mb))
         train = manifest["stages"].get("train", {})
         m.auc = train.get("metrics", {}).get("auc_valid")
     return m

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 from conftest import RUNAWAY_FEATURES, committed_encounters
 
 from batchline import layout, storage
@@ -11,11 +15,12 @@ from batchline.backends.local import LocalBackend
 from batchline.task import Cause, Resources, StageTask
 
 
-def _features_task(root: str, encounters: str, timeout: int) -> StageTask:
-    task = StageTask(run_id="l1", stage="features", inputs={"encounters": encounters},
+def _features_task(root: str, encounters: str, timeout: int, attempt: int = 1) -> StageTask:
+    task = StageTask(run_id="l1", stage="features", attempt=attempt,
+                     inputs={"encounters": encounters},
                      params=dict(RUNAWAY_FEATURES),
                      outputs={"features": layout.output_uri(root, "l1", "features", "features")},
-                     storage_root=root, task_uri=layout.task_uri(root, "l1", "features", 1),
+                     storage_root=root, task_uri=layout.task_uri(root, "l1", "features", attempt),
                      cache_key="k", image="", resources=Resources("1", "1Gi", timeout))
     storage.write_text(task.task_uri, task.to_json())
     return task
@@ -34,3 +39,95 @@ def test_runaway_stage_is_stopped_at_its_deadline(tmp_path: Path, demo_csv: Path
     saved = layout.log_uri(root, "l1", "features", 1, None)
     assert storage.exists(saved)
 
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_the_next_stage_runs_in_the_process_started_ahead(tmp_path: Path,
+                                                          demo_csv: Path) -> None:
+    root = str(tmp_path / "store")
+    encounters = committed_encounters(root, demo_csv)
+    backend = LocalBackend(grace_seconds=1)
+    first = backend.submit(_features_task(root, encounters, timeout=3))
+    assert backend._standby is not None
+    spare = backend._standby.proc.pid
+    assert backend.wait(first).cause is Cause.DEADLINE
+
+    second_task = _features_task(root, encounters, timeout=3, attempt=2)
+    second = backend.submit(second_task)
+    assert second.proc is not None and second.proc.pid == spare
+    # A stage run by a standby is stopped at its deadline as any other, and logs alike.
+    result = backend.wait(second)
+    assert result.cause is Cause.DEADLINE, result
+    # Stopped by its own SIGTERM handler inside DuckDB's query, not SIGKILLed.
+    assert first.proc.returncode == second.proc.returncode == 143
+    assert "stage features: starting (run l1, attempt 2" in backend.stored_logs(second)
+    assert storage.read_success(second_task.outputs["features"]) is None
+
+    # The spare started for a stage that never comes exits once the backend closes.
+    assert backend._standby is not None
+    last = backend._standby.proc
+    backend.close()
+    assert last.wait(timeout=30) == 0
+
+
+def test_no_process_is_started_ahead_of_the_last_stage_or_when_warm_is_off(
+        tmp_path: Path, demo_csv: Path) -> None:
+    root = str(tmp_path / "store")
+    encounters = committed_encounters(root, demo_csv)
+    last = LocalBackend(grace_seconds=1)
+    last.expect_more(False)
+    last.stop(last.submit(_features_task(root, encounters, timeout=60)))
+    assert last._standby is None
+
+    cold = LocalBackend(grace_seconds=1, warm=False)
+    cold.stop(cold.submit(_features_task(root, encounters, timeout=60)))
+    assert cold._standby is None
+
+
+def test_a_standby_with_another_environment_is_not_used(tmp_path: Path, demo_csv: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    root = str(tmp_path / "store")
+    encounters = committed_encounters(root, demo_csv)
+    backend = LocalBackend(grace_seconds=1)
+    backend.stop(backend.submit(_features_task(root, encounters, timeout=60)))
+    assert backend._standby is not None
+    stale = backend._standby.proc
+    # The stage must see the environment as it is when it starts, not when its standby did.
+    monkeypatch.setenv("BATCHLINE_CPU_WORKERS", "2")
+    handle = backend.submit(_features_task(root, encounters, timeout=60, attempt=2))
+    assert handle.proc is not None and handle.proc.pid != stale.pid
+    assert stale.wait(timeout=30) == 0  # let go without running anything
+    backend.stop(handle)
+    backend.close()
+
+
+def test_a_launcher_that_dies_leaves_no_standby_behind(tmp_path: Path) -> None:
+    # SIGKILL gives the launcher no chance to close(): the standby sees its stdin
+    # close with the launcher's death and exits by itself.
+    script = ("import os, sys\n"
+              "from batchline.backends.local import LocalBackend\n"
+              "b = LocalBackend()\n"
+              "b._keep_standby()\n"
+              "print(b._standby.proc.pid, flush=True)\n"
+              "os.kill(os.getpid(), 9)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == -9
+    spare = int(done.stdout.split()[0])
+    assert _gone_within(spare, 30), f"standby {spare} outlived its launcher"

@@ -74,6 +74,23 @@ def test_demo_end_to_end_then_cached_rerun(demo_csv: Path, tmp_path: Path) -> No
     assert "stage train: committed" in logs.stdout
 
 
+def test_stages_started_ahead_give_the_fingerprints_of_stages_started_cold(
+        demo_csv: Path, tmp_path: Path) -> None:
+    info = {"BATCHLINE_LOG_LEVEL": "INFO"}
+    warm = run_cli("run", str(SPEC), "--storage", str(tmp_path / "warm"), "--run-id", "same",
+                   "--set", f"stages.ingest.params.source={demo_csv}", env=info)
+    cold = run_cli("run", str(SPEC), "--storage", str(tmp_path / "cold"), "--run-id", "same",
+                   "--set", f"stages.ingest.params.source={demo_csv}", "--option", "warm=false",
+                   env=info)
+    assert warm.returncode == 0 and cold.returncode == 0, warm.stderr + cold.stderr
+    ahead = [line.split("stage ")[1].split(":")[0] for line in warm.stderr.splitlines()
+             if "running locally as pid" in line and "(started ahead)" in line]
+    assert ahead == list(STAGES[1:])  # every stage but the first found its process ready
+    assert "(started ahead)" not in cold.stderr
+    assert fingerprints(str(tmp_path / "warm"), "same") == \
+        fingerprints(str(tmp_path / "cold"), "same")
+
+
 def test_score_only_run_and_sharded_score(demo_csv: Path, tmp_path: Path) -> None:
     root = tmp_path / "store"
     assert _run(demo_csv, root, "--run-id", "full").returncode == 0

@@ -174,7 +174,9 @@ class Launcher:
             self.manifest.reason, self.manifest.cause = "", None
             self._set_run_state(RunState.RUNNING)
             needed = self.pipeline.needed(self.selected)
-            for stage in self.pipeline.order:
+            for position, stage in enumerate(self.pipeline.order):
+                self.backend.expect_more(any(later in needed for later in
+                                             self.pipeline.order[position + 1:]))
                 if stage not in needed:
                     if not self.manifest.stage(stage).state.done:
                         self._event(stage, StageState.SKIPPED,
@@ -202,6 +204,7 @@ class Launcher:
                              Cause.BAD_INPUT if error.exit_code == 2 else Cause.USER_ERROR)
             raise error from exc
         finally:
+            self.backend.close()
             self._write_report(sys.exc_info()[1])
             self.lease.release()
 

@@ -1,6 +1,7 @@
 """The one entrypoint every image and every backend runs.
 
     python -m batchline.stage <ingest|features|train|score> --task <uri>
+    python -m batchline.stage --standby   (imports, then reads those arguments from stdin)
     train                      (in a SageMaker Training Job: the task from /opt/ml)
 
 Exit codes: 0 success, 2 bad input or config (never retried), 1 any other
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from batchline import cpu, sagemaker_contract, storage
+from batchline import cpu, sagemaker_contract, standby, storage
 from batchline.causes import EXIT_BAD_INPUT, EXIT_OOM, EXIT_RETRYABLE
 from batchline.errors import BatchlineError, SpecError, StorageError
 from batchline.holds import hold_from_env
@@ -107,11 +108,21 @@ def set_cpu_policy(task: StageTask) -> None:
              budget.cores, budget.describe(), policy)
 
 
+# The signal that asked this process to stop, once one did.
+_stopped_by: list[int] = []
+
+
 def _terminated(signum: int, frame: object) -> None:
+    _stopped_by.append(signum)
     raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None, opt_ml: Path = OPT_ML) -> int:
+    if (sys.argv[1:] if argv is None else argv) == [standby.FLAG]:
+        standby.warm_up()
+        argv = standby.await_arguments(sys.stdin)
+        if argv is None:
+            return 0  # nothing came: the run ended, or its launcher is gone
     parser = argparse.ArgumentParser(prog="python -m batchline.stage")
     parser.add_argument("stage", choices=list(STAGES))
     parser.add_argument("--task", help="URI of the task JSON written by the launcher, or "
@@ -172,6 +183,12 @@ def run(args: argparse.Namespace, job: SageMakerJob | None) -> tuple[int, str]:
         return _failed(args.stage, EXIT_RETRYABLE,
                        describe(exc, "read or write", exc.filename or "its data"))
     except Exception as exc:
+        if _stopped_by:
+            # SIGTERM inside C code (DuckDB's "Query interrupted") surfaces as that
+            # code's own error: the stage was stopped, it did not fail.
+            code = 128 + _stopped_by[0]
+            log.warning("stage %s: stopped by signal %d (%s)", args.stage, _stopped_by[0], exc)
+            return code, f"stopped (exit {code})"
         log.exception("stage %s: unexpected error", args.stage)
         return EXIT_RETRYABLE, f"{type(exc).__name__}: {exc}"
     except SystemExit as exc:  # argparse inside stage code, or explicit exits (SIGTERM)

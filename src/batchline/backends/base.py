@@ -117,6 +117,13 @@ class Backend(abc.ABC, Generic[H]):
         still alive when the interpreter exits can abort the process (CPython kills it
         with pthread_exit when it wakes)."""
 
+    def expect_more(self, more: bool) -> None:
+        """Whether the launcher may start another stage after the next one it starts; a
+        backend may prepare for it (the local one starts a process ahead)."""
+
+    def close(self) -> None:
+        """The launcher is done with this backend: let go of anything prepared ahead."""
+
     def memory_limit(self, task: StageTask) -> str:
         """The memory limit the platform enforces, as an out-of-memory message names it."""
         return task.resources.memory

@@ -1,19 +1,28 @@
-"""Local backend: each stage in its own subprocess, the very command images run."""
+"""Local backend: each stage in its own subprocess, the very command images run.
+
+While a stage runs, the backend keeps one more stage process started ahead
+(`python -m batchline.stage --standby`, see batchline.standby): the next
+stage is handed to it on its stdin, so its interpreter start and imports
+have already happened beside the stage before. A standby runs one stage and
+exits; one whose environment would differ from the stage's is not used.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 
-from batchline import cpu
+from batchline import cpu, standby
 from batchline.backends.base import Backend, BackendOptions, Handle, Outcome, Phase
 from batchline.task import StageTask
 
@@ -23,6 +32,8 @@ log = logging.getLogger(__name__)
 class Options(BackendOptions):
     poll_seconds: float = Field(0.05, gt=0, le=60)
     grace_seconds: float = Field(10.0, ge=0, le=600, description="between SIGTERM and SIGKILL")
+    warm: bool = Field(True, description="keep one stage process started and imported "
+                       "ahead for the next stage")
 
 
 @dataclass
@@ -31,8 +42,26 @@ class LocalHandle(Handle):
     logfile: Path | None = None
 
 
+def stage_arguments(task: StageTask) -> list[str]:
+    return [task.stage, "--task", task.task_uri]
+
+
 def stage_command(task: StageTask) -> list[str]:
-    return [sys.executable, "-m", "batchline.stage", task.stage, "--task", task.task_uri]
+    return [sys.executable, "-m", "batchline.stage", *stage_arguments(task)]
+
+
+@dataclass
+class _Standby:
+    proc: subprocess.Popen[bytes]
+    logfile: Path
+    env: dict[str, str]
+
+
+def _retire(spare: _Standby | None) -> None:
+    """Close a standby's stdin: it exits without running anything."""
+    if spare is not None and spare.proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            spare.proc.stdin.close()
 
 
 class LocalBackend(Backend[LocalHandle]):
@@ -47,21 +76,78 @@ class LocalBackend(Backend[LocalHandle]):
         # is removed with the backend (or at exit).
         self._tmp = tempfile.TemporaryDirectory(prefix="batchline-local-")
         self._logdir = Path(self._tmp.name)
+        self._standby: _Standby | None = None
+        self._spawned = 0
+        self._more = True  # until the launcher says the next stage is its last
+        # A backend dropped without close() still lets its standby go.
+        self._finalizer = weakref.finalize(self, _retire, None)
 
     def start(self, task: StageTask) -> LocalHandle:
-        logfile = self._logdir / f"{task.name}-a{task.attempt}.log"
+        env = self._env(task)
+        taken = self._take_standby(task, env)
+        if taken is not None:
+            proc, logfile = taken
+        else:
+            logfile = self._logdir / f"{task.name}-a{task.attempt}.log"
+            proc = self._spawn(stage_command(task), env, logfile, stdin=subprocess.DEVNULL)
+        log.info("stage %s: running locally as pid %d%s", task.stage, proc.pid,
+                 " (started ahead)" if taken else "")
+        if self.options.warm and self._more:
+            self._keep_standby()
+        return LocalHandle(task, f"pid {proc.pid}", proc=proc, logfile=logfile)
+
+    def expect_more(self, more: bool) -> None:
+        self._more = more
+
+    def close(self) -> None:
+        """Let the standby go (it exits on its closed stdin)."""
+        spare, self._standby = self._standby, None
+        _retire(spare)
+
+    @staticmethod
+    def _env(task: StageTask | None) -> dict[str, str]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        if task.shard is not None and task.shard_count > 1:
+        if task is not None and task.shard is not None and task.shard_count > 1:
             # The launcher starts every shard at once here: they share this host's CPU.
             env[cpu.WORKERS_ENV] = cpu.workers_with_shards(task.shard_count, os.environ)
+        return env
+
+    def _spawn(self, command: list[str], env: dict[str, str], logfile: Path,
+               stdin: int) -> subprocess.Popen[bytes]:
         with open(logfile, "wb") as sink:
             # Same process group as the launcher: Ctrl-C, or a kill of the
             # launcher's group, reaches the stage too instead of orphaning it.
-            proc = subprocess.Popen(stage_command(task), stdout=sink, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL,
-                                    env=env)
-        log.info("stage %s: running locally as pid %d", task.stage, proc.pid)
-        return LocalHandle(task, f"pid {proc.pid}", proc=proc, logfile=logfile)
+            return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
+                                    stdin=stdin, env=env)
+
+    def _keep_standby(self) -> None:
+        if self._standby is not None and self._standby.proc.poll() is None:
+            return
+        self._spawned += 1
+        env = self._env(None)
+        logfile = self._logdir / f"standby-{self._spawned}.log"
+        proc = self._spawn([sys.executable, "-m", "batchline.stage", standby.FLAG], env,
+                           logfile, stdin=subprocess.PIPE)
+        self._standby = _Standby(proc, logfile, env)
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self, _retire, self._standby)
+
+    def _take_standby(self, task: StageTask, env: dict[str, str]
+                      ) -> tuple[subprocess.Popen[bytes], Path] | None:
+        """Hand `task` to the standby if it is alive and has the task's environment."""
+        spare, self._standby = self._standby, None
+        if spare is None:
+            return None
+        if spare.env != env or spare.proc.poll() is not None or spare.proc.stdin is None:
+            _retire(spare)
+            return None
+        try:
+            spare.proc.stdin.write(standby.encode(stage_arguments(task)))
+            spare.proc.stdin.close()
+        except OSError:  # it died between the check and the write
+            _retire(spare)
+            return None
+        return spare.proc, spare.logfile
 
     def poll(self, handle: LocalHandle, timeout: float) -> Outcome | Phase:
         assert handle.proc is not None

@@ -62,12 +62,15 @@ class Measured:
 
 
 def _stage_of(proc: psutil.Process) -> str | None:
+    """The stage a process runs; "" for one started ahead (`--standby`: only the manifest
+    knows its stage); None when it is no stage process."""
     try:
         cmd = proc.cmdline()
     except psutil.Error:
         return None
     if "batchline.stage" in cmd:
-        return cmd[cmd.index("batchline.stage") + 1]
+        stage = cmd[cmd.index("batchline.stage") + 1]
+        return "" if stage.startswith("-") else stage
     return None
 
 
@@ -99,9 +102,10 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, busy: float = 0.0
                     continue
                 total += rss
                 stage = _stage_of(p)
+                if stage is not None:
+                    pids[p.pid] = max(pids.get(p.pid, 0.0), rss)
                 if stage:
                     stages[stage] = max(stages.get(stage, 0.0), rss)
-                    pids[p.pid] = max(pids.get(p.pid, 0.0), rss)
             peak = max(peak, total)
             time.sleep(0.02)
         output = proc.stdout.read() if proc.stdout else ""
@@ -115,8 +119,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None, busy: float = 0.0
             hog.wait()
     if proc.returncode != 0:
         print(output, file=sys.stderr)
-    return Measured(round(seconds, 2), round(peak), {k: round(v) for k, v in stages.items()
-                                                     if not k.startswith("-")},
+    return Measured(round(seconds, 2), round(peak), {k: round(v) for k, v in stages.items()},
                     {k: round(v) for k, v in pids.items()},
                     returncode=proc.returncode, output=output, load=round(load, 1),
                     cpu_seconds=round(cpu_seconds, 1))

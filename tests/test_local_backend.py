@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import RUNAWAY_FEATURES, committed_encounters
+from conftest import RUNAWAY_FEATURES, committed_encounters, eventually
 
 from batchline import layout, storage
 from batchline.backends.local import LocalBackend
@@ -40,22 +39,12 @@ def test_runaway_stage_is_stopped_at_its_deadline(tmp_path: Path, demo_csv: Path
     assert storage.exists(saved)
 
 
-
 def _alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie, exited but not yet reaped, counts as gone)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (OSError, IndexError):
         return False
-
-
-def _gone_within(pid: int, seconds: float) -> bool:
-    ends = time.monotonic() + seconds
-    while time.monotonic() < ends:
-        if not _alive(pid):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_the_next_stage_runs_in_the_process_started_ahead(tmp_path: Path,
@@ -130,4 +119,4 @@ def test_a_launcher_that_dies_leaves_no_standby_behind(tmp_path: Path) -> None:
                           timeout=60)
     assert done.returncode == -9
     spare = int(done.stdout.split()[0])
-    assert _gone_within(spare, 30), f"standby {spare} outlived its launcher"
+    eventually(lambda: not _alive(spare), timeout=30, what=f"standby {spare} to exit")

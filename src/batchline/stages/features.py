@@ -25,6 +25,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
 from batchline import cpu, storage
 from batchline.errors import DataError, SpecError
@@ -76,15 +77,31 @@ def load_input(con: duckdb.DuckDBPyConnection, data: ds.Dataset | pa.Table, tabl
     better than letting DuckDB scan the Arrow dataset with pyarrow's default
     read-ahead, and lets the SQL read the table as often as it likes.
     """
-    if isinstance(data, pa.Table):
-        data = ds.dataset(data)
-    con.register("batchline_source", data.scanner(batch_readahead=1,
-                                                  fragment_readahead=1).to_reader())
-    con.execute(f'CREATE TEMP TABLE "{table}" AS SELECT * FROM batchline_source')
-    con.unregister("batchline_source")
+    files = _local_parquet_files(data)
+    if files is not None:
+        # DuckDB's own Parquet reader (built in, no extension) reads local files on
+        # all its threads, about twice as fast as pyarrow's scanner feeding it.
+        con.execute(f'CREATE TEMP TABLE "{table}" AS SELECT * FROM read_parquet(?)', [files])
+    else:
+        if isinstance(data, pa.Table):
+            data = ds.dataset(data)
+        con.register("batchline_source", data.scanner(batch_readahead=1,
+                                                      fragment_readahead=1).to_reader())
+        con.execute(f'CREATE TEMP TABLE "{table}" AS SELECT * FROM batchline_source')
+        con.unregister("batchline_source")
     for alias in aliases:
         if alias != table:
             con.execute(f'CREATE TEMP VIEW "{alias}" AS SELECT * FROM "{table}"')
+
+
+def _local_parquet_files(data: ds.Dataset | pa.Table) -> list[str] | None:
+    """The files of a dataset of local Parquet files, in order; None for anything else
+    (an S3 dataset is read through pyarrow's S3 filesystem: DuckDB's would need httpfs)."""
+    if not isinstance(data, ds.FileSystemDataset) or \
+            not isinstance(data.filesystem, pafs.LocalFileSystem) or \
+            not isinstance(data.format, ds.ParquetFileFormat):
+        return None
+    return list(data.files)
 
 
 def feature_query(params: FeaturesParams) -> str:

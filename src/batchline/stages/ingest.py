@@ -33,6 +33,7 @@ from batchline.stages.ingest_csv import CSV_BLOCK_BYTES, RECORD_SHOWN, csv_batch
 from batchline.stages.ingest_readers import jsonl_batches, parquet_batches
 from batchline.stages.ingest_sources import ReadReport, Source, list_sources, open_stream
 from batchline.stages.ingest_validate import ARROW_TYPES, declared_schema, validate_batch
+from batchline.stages.overlap import overlap
 from batchline.task import StageTask
 
 __all__ = ["ARROW_TYPES", "CSV_BLOCK_BYTES", "QUARANTINE_SCHEMA", "Tally", "declared_schema",
@@ -147,18 +148,29 @@ def _quarantine(quarantine: storage.DatasetWriter, tally: Tally, uri: str,
         tally.reasons.extend(f"{uri}:{n}: {r}" for n, r, _ in rows[:MAX_REASONS_SHOWN])
 
 
-def ingest_file(src: Source, params: IngestParams, out: storage.DatasetWriter,
-                quarantine: storage.DatasetWriter, tally: Tally) -> None:
-    """Stream one source file into `out`, sending bad rows to `quarantine` with their lines."""
-    report = ReadReport(src.uri)
-    yielded = 0
-    pending = _RowGroup(out, params.batch_rows, tally)
-    for batch, lines in _batches(src, params, report):
+def _typed(src: Source, params: IngestParams, report: ReadReport,
+           ) -> Iterator[tuple[pa.RecordBatch, list[int], pa.Table, list[tuple[int, str]]]]:
+    """(text batch, lines, its good rows typed, [(row index, reason)]) of one source file."""
+    for batch, lines in overlap(_batches(src, params, report), name="ingest-parse"):
         try:
             good, bad = validate_batch(batch, params)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise DataError(f"{src.uri}: rows at lines {lines[0]}-{lines[-1]} cannot be typed "
                             f"as declared in stages.ingest.params.columns ({exc})") from None
+        yield batch, lines, good, bad
+
+
+def ingest_file(src: Source, params: IngestParams, out: storage.DatasetWriter,
+                quarantine: storage.DatasetWriter, tally: Tally) -> None:
+    """Stream one source file into `out`, sending bad rows to `quarantine` with their lines.
+
+    Reading and typing run on a helper thread (overlap) while this one writes:
+    `report` is only the helper's until the loop ends, and only read after it.
+    """
+    report = ReadReport(src.uri)
+    yielded = 0
+    pending = _RowGroup(out, params.batch_rows, tally)
+    for batch, lines, good, bad in overlap(_typed(src, params, report), name="ingest-read"):
         yielded += batch.num_rows
         pending.add(good)
         if bad:

@@ -56,7 +56,7 @@ lock:  ## refresh constraints.txt from a fresh install of .[dev,bench]; review t
 	git diff --stat constraints.txt
 
 test: setup podman chromium base-image images  ## every test, slow end-to-end ones too (podman, images, chromium)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --durations=40 $(PYTEST_ARGS)
 
 test-fast: setup  ## unit tests only
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)

@@ -7,6 +7,8 @@ rejects. Only rejected values become Python objects.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -97,7 +99,46 @@ def cast_column(values: pa.Array, kind: str) -> tuple[pa.Array, pa.Array, pa.Arr
     if kind == "bool":
         typed = pc.is_in(pc.utf8_lower(cleaned), pa.array(["true", "1"]))
         return pc.if_else(pc.is_null(cleaned), pa.scalar(None, pa.bool_()), typed), bad, none
-    return pc.cast(pc.utf8_trim_whitespace(cleaned), target), bad, overflow
+    text = pc.utf8_trim_whitespace(cleaned)
+    if kind == "int64":  # the pattern takes a leading '+', Arrow's integer parser does not
+        text = pc.replace_substring_regex(text, r"^\+", "")
+    return pc.cast(text, target), bad, overflow
+
+
+@functools.cache
+def _a_null_text_parses(kind: str, null_values: tuple[str, ...]) -> bool:
+    """Whether some null text would cast to a `kind` value (to a finite one, for float64)."""
+    for text in null_values:
+        try:
+            value = pc.cast(pa.array([text]), ARROW_TYPES[kind])
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            continue
+        if kind != "float64" or pc.all(pc.is_finite(value)).as_py():
+            return True
+    return False
+
+
+def cast_whole(values: pa.Array, kind: str, null_values: tuple[str, ...]) -> pa.Array | None:
+    """The column cast in one step, when that is exactly what the checks would give; None
+    when it is not (then the checks run).
+
+    For int64, float64 and date columns: if Arrow's cast takes every text as it
+    is, no value was a null text (none of those parses as this kind, or it parses
+    to a NaN/inf, refused below), none is out of range or badly formed, and none
+    holds a control character (checked on the bytes first), so every check below
+    passes each value unchanged and casts it with the same parser. Clean columns,
+    the common case, skip the null-text lookup, the trimming and the masks.
+    """
+    if kind not in ("int64", "float64", "date") or values.null_count or \
+            _a_null_text_parses(kind, null_values) or _may_hold_control(values):
+        return None
+    try:
+        typed = pc.cast(values, ARROW_TYPES[kind])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if kind == "float64" and not pc.all(pc.is_finite(typed)).as_py():
+        return None  # the checks decide what a NaN or inf is (stages.ingest.params.non_finite)
+    return typed
 
 
 def _may_hold_control(values: pa.Array) -> bool:
@@ -142,6 +183,10 @@ def validate_batch(batch: pa.RecordBatch, params: IngestParams,
         values = batch.column(name)
         if values.type != pa.string():
             values = values.cast(pa.string())
+        whole = cast_whole(values, kind, tuple(params.null_values))
+        if whole is not None:
+            columns.append(whole)
+            continue
         is_null_text = _mask(pc.is_in(values, value_set=nulls))
         values = pc.if_else(is_null_text, pa.scalar(None, pa.string()), values)
         if params.control_chars == "quarantine" and _may_hold_control(values):

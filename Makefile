@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images bench-search bench-fleet bench-fleet-k8s report-screenshots chromium clean
+.PHONY: help setup demo fleet-demo lock test test-fast lint images base-image wheelhouse podman bench bench-images bench-search bench-fleet bench-fleet-k8s report-screenshots kill-resume chromium clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -105,6 +105,9 @@ bench-fleet-k8s: setup images  ## the 500-hospital fleet on the Kubernetes harne
 	  $(BIN)/batchline demo-data --hospitals $(FLEET_HOSPITALS) --rows $(FLEET_ROWS) --out build/bench-fleet/data
 	rm -rf build/bench-fleet-k8s
 	$(BIN)/python bench/fleet_kubernetes.py build/bench-fleet/data
+
+kill-resume: setup  ## the SIGKILL/resume tests with 50 kills on a local folder and 50 on S3 (the suite runs 20 each)
+	BATCHLINE_TEST_KILLS=50 $(BIN)/pytest -n 2 --dist loadfile -s tests/test_kill_resume.py tests/test_kill_resume_s3.py
 
 bench-images: images  ## image sizes and container start overhead vs local processes
 	$(BIN)/python bench/bench_images.py

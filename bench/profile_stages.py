@@ -48,6 +48,10 @@ def _top(stats: pstats.Stats, n: int) -> list[tuple[float, str]]:
     return sorted(rows, reverse=True)[:n]
 
 
+def _knows_warm(tree: Path) -> bool:
+    return (tree / "src" / "batchline" / "standby.py").exists()
+
+
 def profile(label: str, tree: Path, src: Path, data: Path, top: int) -> list[str]:
     out = data / f"profile-{label}"
     store = data / f"profile-store-{label}"
@@ -57,7 +61,10 @@ def profile(label: str, tree: Path, src: Path, data: Path, top: int) -> list[str
            "PYTHONPATH": os.pathsep.join([str(HERE / "profile"), str(tree / "src")])}
     subprocess.run([sys.executable, "-m", "batchline.cli", "run", str(SPEC), "--storage",
                     str(store), "--run-id", "profile", "--set",
-                    f"stages.ingest.params.source={src / 'encounters.csv'}"],
+                    f"stages.ingest.params.source={src / 'encounters.csv'}",
+                    # Each stage in a process of its own from start to exit: a process
+                    # started ahead would be profiled under the name '--standby'.
+                    *(["--option", "warm=false"] if _knows_warm(tree) else [])],
                    check=True, cwd=ROOT, env=env, capture_output=True)
     manifest = json.loads((store / "runs" / "profile" / "manifest.json").read_text())
     lines = [f"### {label}", ""]

@@ -107,7 +107,7 @@ bench-fleet-k8s: setup images  ## the 500-hospital fleet on the Kubernetes harne
 	$(BIN)/python bench/fleet_kubernetes.py build/bench-fleet/data
 
 kill-resume: setup  ## the SIGKILL/resume tests with 50 kills on a local folder and 50 on S3 (the suite runs 20 each)
-	BATCHLINE_TEST_KILLS=50 $(BIN)/pytest -n 2 --dist loadfile -s tests/test_kill_resume.py tests/test_kill_resume_s3.py
+	BATCHLINE_TEST_KILLS=50 $(BIN)/pytest -n 2 --dist loadfile -rP tests/test_kill_resume.py tests/test_kill_resume_s3.py
 
 bench-images: images  ## image sizes and container start overhead vs local processes
 	$(BIN)/python bench/bench_images.py

@@ -4,7 +4,7 @@ byte-identical to a clean one, and nothing committed is ever missing a file.
 The launcher and its stage are killed together (`killpg`, like a lost node),
 at a moment drawn uniformly over a clean run's duration; the next `resume`
 may itself be killed. The suite lands 20 kills on local storage and 20 on
-moto's S3 (about 5 minutes of a test worker); `make kill-resume` runs the same
+moto's S3 (about 2.5 minutes each in CI); `make kill-resume` runs the same
 tests with 50 each (BATCHLINE_TEST_KILLS), as the suite did before it grew.
 """
 

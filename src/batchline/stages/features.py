@@ -72,10 +72,11 @@ def load_input(con: duckdb.DuckDBPyConnection, data: ds.Dataset | pa.Table, tabl
                aliases: tuple[str, ...] = ()) -> None:
     """Copy the input into a DuckDB temporary table named `table`, with views for `aliases`.
 
-    Streaming it in through a reader with minimal read-ahead, into a table that
-    DuckDB keeps under its memory limit (spilling to disk), bounds memory far
-    better than letting DuckDB scan the Arrow dataset with pyarrow's default
-    read-ahead, and lets the SQL read the table as often as it likes.
+    A table that DuckDB keeps under its memory limit (spilling to disk) lets the
+    SQL read the input as often as it likes. Local Parquet files go in through
+    DuckDB's own reader; anything else (S3, an in-memory table) is streamed in
+    through a pyarrow reader with minimal read-ahead, which bounds memory far
+    better than letting DuckDB scan the Arrow dataset with pyarrow's default one.
     """
     files = _local_parquet_files(data)
     if files is not None:

@@ -164,8 +164,8 @@ def ingest_file(src: Source, params: IngestParams, out: storage.DatasetWriter,
                 quarantine: storage.DatasetWriter, tally: Tally) -> None:
     """Stream one source file into `out`, sending bad rows to `quarantine` with their lines.
 
-    Reading and typing run on a helper thread (overlap) while this one writes:
-    `report` is only the helper's until the loop ends, and only read after it.
+    Reading and typing run on two helper threads (overlap) while this one writes:
+    `report` is only the reading helper's until the loop ends, and only read after it.
     """
     report = ReadReport(src.uri)
     yielded = 0

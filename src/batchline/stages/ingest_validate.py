@@ -125,16 +125,18 @@ def cast_whole(values: pa.Array, kind: str, null_values: tuple[str, ...]) -> pa.
     For int64, float64 and date columns: if Arrow's cast takes every text as it
     is, no value was a null text (none of those parses as this kind, or it parses
     to a NaN/inf, refused below), none is out of range or badly formed, and none
-    holds a control character (checked on the bytes first), so every check below
+    holds a control character (checked on its bytes), so every check below
     passes each value unchanged and casts it with the same parser. Clean columns,
     the common case, skip the null-text lookup, the trimming and the masks.
     """
     if kind not in ("int64", "float64", "date") or values.null_count or \
-            _a_null_text_parses(kind, null_values) or _may_hold_control(values):
+            _a_null_text_parses(kind, null_values):
         return None
     try:
         typed = pc.cast(values, ARROW_TYPES[kind])
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None  # before the byte scan: the checks scan a refused column themselves
+    if _may_hold_control(values):
         return None
     if kind == "float64" and not pc.all(pc.is_finite(typed)).as_py():
         return None  # the checks decide what a NaN or inf is (stages.ingest.params.non_finite)

@@ -55,6 +55,12 @@ def test_the_next_stage_runs_in_the_process_started_ahead(tmp_path: Path,
     first = backend.submit(_features_task(root, encounters, timeout=3))
     assert backend._standby is not None
     spare = backend._standby.proc.pid
+    # Started cold, this one may take over 3 s to import on a loaded machine; a SIGTERM
+    # before its handler is set kills it outright (-15). The deadline is enforced by
+    # wait(), so waiting for the stage to start first keeps the deadline and its cause.
+    assert first.logfile is not None
+    eventually(lambda: "stage features: starting" in first.logfile.read_text(errors="replace"),
+               timeout=60, what="the cold-started stage reached its own code")
     assert backend.wait(first).cause is Cause.DEADLINE
 
     second_task = _features_task(root, encounters, timeout=3, attempt=2)

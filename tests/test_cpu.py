@@ -140,6 +140,46 @@ def test_stage_entrypoint_sets_the_policy_before_lightgbm_loads(tmp_path: Path) 
     assert "imported before the CPU policy" not in done.stderr
 
 
+@pytest.mark.parametrize(("prepared_cpu", "warned"), [("1", False), ("2", True)])
+def test_a_standby_prepared_for_train_loads_lightgbm_under_the_task_policy(
+        tmp_path: Path, prepared_cpu: str, warned: bool) -> None:
+    # A standby prepared for train with cpu 1 fixed that policy before it loaded
+    # LightGBM, so the task (cpu 1) finds it right; one prepared with cpu 2 did not, and
+    # the stage says so (the local backend never hands it such a task).
+    from batchline import standby
+    from batchline.task import Resources, StageTask
+
+    task = StageTask(run_id="r1", stage="train", inputs={"features": str(tmp_path / "none")},
+                     outputs={"model": str(tmp_path / "model")}, params={"label": "y",
+                     "split": {"kind": "random"}, "num_threads": 4},
+                     storage_root=str(tmp_path), task_uri=str(tmp_path / "task.json"),
+                     cache_key="k", resources=Resources(cpu="1"))
+    (tmp_path / "task.json").write_text(task.to_json())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "BATCHLINE_"))}
+    arguments = standby.Prepared("train", prepared_cpu).arguments()
+    done = subprocess.run([sys.executable, "-m", "batchline.stage", standby.FLAG, *arguments],
+                          input=standby.encode(["train", "--task", str(tmp_path / "task.json")]),
+                          env=env, capture_output=True, timeout=60)
+    err = done.stderr.decode()
+    assert "stage train: 1 threads (num_threads 4); CPU available 1" in err
+    assert ("imported before the CPU policy" in err) is warned
+    assert done.returncode != 0 and "none" in err  # then it failed on its missing input
+
+
+def test_a_standby_command_line_is_checked() -> None:
+    from batchline import standby
+
+    assert standby.target_of([standby.FLAG]) is None
+    assert standby.target_of([standby.FLAG, "--prepare", "score"]) == standby.Prepared("score")
+    prepared = standby.Prepared("score", "500m")
+    assert standby.target_of([standby.FLAG, *prepared.arguments()]) == prepared
+    assert prepared.fits("score", "500m") and not prepared.fits("score", "1")
+    assert standby.Prepared("score").fits("score", None) and \
+        not standby.Prepared("score").fits("train", None)
+    with pytest.raises(ValueError, match="--prepare STAGE"):
+        standby.target_of([standby.FLAG, "--prepare"])
+
+
 def test_stage_processes_load_lightgbm_and_pyarrow_without_pandas_or_sklearn() -> None:
     code = ("from batchline.lean_imports import skip_optional_imports\n"
             "skip_optional_imports()\n"

@@ -9,18 +9,19 @@ from pathlib import Path
 import pytest
 from conftest import RUNAWAY_FEATURES, committed_encounters, eventually
 
-from batchline import layout, storage
+from batchline import layout, standby, storage
 from batchline.backends.local import LocalBackend
 from batchline.task import Cause, Resources, StageTask
 
 
-def _features_task(root: str, encounters: str, timeout: int, attempt: int = 1) -> StageTask:
+def _features_task(root: str, encounters: str, timeout: int, attempt: int = 1,
+                   cpu: str = "1") -> StageTask:
     task = StageTask(run_id="l1", stage="features", attempt=attempt,
                      inputs={"encounters": encounters},
                      params=dict(RUNAWAY_FEATURES),
                      outputs={"features": layout.output_uri(root, "l1", "features", "features")},
                      storage_root=root, task_uri=layout.task_uri(root, "l1", "features", attempt),
-                     cache_key="k", image="", resources=Resources("1", "1Gi", timeout))
+                     cache_key="k", image="", resources=Resources(cpu, "1Gi", timeout))
     storage.write_text(task.task_uri, task.to_json())
     return task
 
@@ -86,13 +87,75 @@ def test_no_process_is_started_ahead_of_the_last_stage_or_when_warm_is_off(
     root = str(tmp_path / "store")
     encounters = committed_encounters(root, demo_csv)
     last = LocalBackend(grace_seconds=1)
-    last.expect_more(False)
+    last.expect_next(None)
     last.stop(last.submit(_features_task(root, encounters, timeout=60)))
     assert last._standby is None
 
     cold = LocalBackend(grace_seconds=1, warm=False)
     cold.stop(cold.submit(_features_task(root, encounters, timeout=60)))
     assert cold._standby is None
+
+
+def _maps(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return ""
+
+
+def test_a_standby_prepared_for_the_next_stage_has_its_libraries_loaded(
+        tmp_path: Path, demo_csv: Path) -> None:
+    root = str(tmp_path / "store")
+    encounters = committed_encounters(root, demo_csv)
+    backend = LocalBackend(grace_seconds=1)
+    backend.expect_next("train", "1")
+    first = backend.submit(_features_task(root, encounters, timeout=60))
+    spare = backend._standby
+    assert spare is not None and spare.prepared == standby.Prepared("train", "1")
+    # Before any task came, it fixed train's CPU policy and loaded LightGBM under it.
+    eventually(lambda: "lib_lightgbm" in _maps(spare.proc.pid), timeout=60,
+               what="the standby prepared for train to load LightGBM")
+    backend.stop(first)
+    # It runs train with cpu 1 only: any other stage is started cold, and it is let go.
+    backend.expect_next(None)
+    second = backend.submit(_features_task(root, encounters, timeout=60, attempt=2))
+    assert second.proc is not None and second.proc.pid != spare.proc.pid
+    assert spare.proc.wait(timeout=30) == 0
+    assert backend._standby is None  # nothing follows: none is started ahead
+    backend.stop(second)
+    backend.close()
+
+
+def test_a_standby_prepared_for_a_stage_runs_it_only_with_the_same_cpu(
+        tmp_path: Path, demo_csv: Path) -> None:
+    root = str(tmp_path / "store")
+    encounters = committed_encounters(root, demo_csv)
+    backend = LocalBackend(grace_seconds=1)
+    backend.expect_next("features", "1")
+    backend.stop(backend.submit(_features_task(root, encounters, timeout=60)))
+    spare = backend._standby
+    assert spare is not None and spare.prepared == standby.Prepared("features", "1")
+    other_cpu = backend.submit(_features_task(root, encounters, timeout=60, attempt=2,
+                                              cpu="2"))
+    assert other_cpu.proc is not None and other_cpu.proc.pid != spare.proc.pid
+    backend.stop(other_cpu)
+    assert spare.proc.wait(timeout=30) == 0
+
+    # The next one, prepared for features with cpu 1 again, gets the matching task, and
+    # runs it to the end: same result, same log as a cold start.
+    task = _features_task(root, encounters, timeout=120, attempt=3)
+    task.params.update(sql="SELECT * FROM encounters", order_by=["encounter_id"])
+    storage.write_text(task.task_uri, task.to_json())
+    spare = backend._standby
+    assert spare is not None
+    matched = backend.submit(task)
+    assert matched.proc is not None and matched.proc.pid == spare.proc.pid
+    assert backend.wait(matched).cause is Cause.SUCCEEDED
+    logs = backend.stored_logs(matched)
+    assert "stage features: starting (run l1, attempt 3" in logs
+    assert "spec cpu 1" in logs and "imported before" not in logs
+    assert storage.read_success(task.outputs["features"]) is not None
+    backend.close()
 
 
 def test_a_standby_with_another_environment_is_not_used(tmp_path: Path, demo_csv: Path,

@@ -175,8 +175,10 @@ class Launcher:
             self._set_run_state(RunState.RUNNING)
             needed = self.pipeline.needed(self.selected)
             for position, stage in enumerate(self.pipeline.order):
-                self.backend.expect_more(any(later in needed for later in
-                                             self.pipeline.order[position + 1:]))
+                later = [s for s in self.pipeline.order[position + 1:] if s in needed]
+                self.backend.expect_next(
+                    later[0] if later else None,
+                    self.spec.stages[later[0]].resources.cpu if later else None)
                 if stage not in needed:
                     if not self.manifest.stage(stage).state.done:
                         self._event(stage, StageState.SKIPPED,

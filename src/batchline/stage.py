@@ -1,7 +1,8 @@
 """The one entrypoint every image and every backend runs.
 
     python -m batchline.stage <ingest|features|train|score> --task <uri>
-    python -m batchline.stage --standby   (imports, then reads those arguments from stdin)
+    python -m batchline.stage --standby [--prepare STAGE [--cpu CPU]]
+                               (imports, then reads those arguments from stdin)
     train                      (in a SageMaker Training Job: the task from /opt/ml)
 
 Exit codes: 0 success, 2 bad input or config (never retried), 1 any other
@@ -94,7 +95,10 @@ def set_cpu_policy(task: StageTask) -> None:
     reads OMP_WAIT_POLICY once, when it is loaded.
     """
     budget, policy = cpu.apply(task.resources.cpu)
-    if "lightgbm" in sys.modules:
+    # A standby prepared for this very stage and CPU request loaded it under this policy.
+    ahead = standby.prepared is not None and standby.prepared.fits(task.stage,
+                                                                    task.resources.cpu)
+    if "lightgbm" in sys.modules and not ahead:
         log.warning("stage %s: LightGBM was imported before the CPU policy was set; "
                     "OpenMP may spin (OMP_WAIT_POLICY not applied)", task.stage)
     fields = STAGES[task.stage].params.model_fields
@@ -118,8 +122,9 @@ def _terminated(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None, opt_ml: Path = OPT_ML) -> int:
-    if (sys.argv[1:] if argv is None else argv) == [standby.FLAG]:
-        standby.warm_up()
+    argv = sys.argv[1:] if argv is None else argv
+    if standby.is_standby(argv):
+        standby.warm_up(standby.target_of(argv))
         argv = standby.await_arguments(sys.stdin)
         if argv is None:
             return 0  # nothing came: the run ended, or its launcher is gone

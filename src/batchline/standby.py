@@ -8,6 +8,13 @@ ready while a stage runs, so the next stage's interpreter start and imports
 stage before it instead of adding to the run. Each standby runs one stage and
 exits: no state is shared between stages.
 
+`--standby --prepare STAGE [--cpu CPU]` goes further when the launcher knows
+which stage comes next: it fixes that stage's CPU budget and OpenMP policy
+(`cpu.apply`, as the stage itself would) and then imports the stage's own
+module, LightGBM included, whose OpenMP runtime reads that policy once, when
+it loads. Such a process runs only that stage with that CPU request: the
+backend starts any other stage cold.
+
 A standby whose stdin closes before any arguments arrive (the run ended, or
 the launcher died) exits 0 without doing anything.
 """
@@ -17,6 +24,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
+from dataclasses import dataclass
 from typing import TextIO
 
 FLAG = "--standby"
@@ -26,12 +35,61 @@ FLAG = "--standby"
 # OMP_NUM_THREADS once, when it loads, and the task's CPU budget sets them.
 WARM_MODULES = ("pyarrow.parquet", "pyarrow.dataset", "pyarrow.compute", "duckdb")
 
+log = logging.getLogger(__name__)
 
-def warm_up() -> None:
+
+@dataclass(frozen=True)
+class Prepared:
+    """The one stage, with its CPU request, a standby has set itself up for."""
+
+    stage: str
+    cpu: str | None = None
+
+    def arguments(self) -> list[str]:
+        return ["--prepare", self.stage, *(["--cpu", self.cpu] if self.cpu else [])]
+
+    def fits(self, stage: str, cpu: str | None) -> bool:
+        return self.stage == stage and (self.cpu or None) == (cpu or None)
+
+
+# What this process prepared for, once warm_up() did (None: nothing stage-specific).
+prepared: Prepared | None = None
+
+
+def is_standby(argv: list[str]) -> bool:
+    return bool(argv) and argv[0] == FLAG
+
+
+def target_of(argv: list[str]) -> Prepared | None:
+    """What a standby's command line (`is_standby`) prepares for; None: nothing."""
+    rest = argv[1:]
+    if not rest:
+        return None
+    if len(rest) in (2, 4) and rest[0] == "--prepare" and (len(rest) == 2 or rest[2] == "--cpu"):
+        return Prepared(rest[1], rest[3] if len(rest) == 4 else None)
+    raise ValueError(f"a standby stage process takes {FLAG} [--prepare STAGE [--cpu CPU]], "
+                     f"got {' '.join(argv)!r}")
+
+
+def warm_up(target: Prepared | None = None) -> None:
+    """Import ahead; with a `target`, fix its CPU policy and import its stage module."""
+    global prepared
     for name in WARM_MODULES:
         # An image without the module is one whose stage does not need it.
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    if target is None:
+        return
+    from batchline import cpu
+    from batchline.stages import STAGES
+
+    try:
+        cpu.apply(target.cpu)
+        STAGES[target.stage].load()
+    except Exception as exc:  # the stage meets the same problem and reports it itself
+        log.warning("standby: could not prepare for stage %s: %s", target.stage, exc)
+        return
+    prepared = target
 
 
 def await_arguments(stream: TextIO) -> list[str] | None:

@@ -117,9 +117,10 @@ class Backend(abc.ABC, Generic[H]):
         still alive when the interpreter exits can abort the process (CPython kills it
         with pthread_exit when it wakes)."""
 
-    def expect_more(self, more: bool) -> None:
-        """Whether the launcher may start another stage after the next one it starts; a
-        backend may prepare for it (the local one starts a process ahead)."""
+    def expect_next(self, stage: str | None, cpu: str | None = None) -> None:
+        """The stage the launcher may start after the next one it starts, with its CPU
+        request (None: no other stage follows); a backend may prepare for it (the local
+        one starts that stage's process ahead)."""
 
     def close(self) -> None:
         """The launcher is done with this backend: let go of anything prepared ahead."""

@@ -3,8 +3,11 @@
 While a stage runs, the backend keeps one more stage process started ahead
 (`python -m batchline.stage --standby`, see batchline.standby): the next
 stage is handed to it on its stdin, so its interpreter start and imports
-have already happened beside the stage before. A standby runs one stage and
-exits; one whose environment would differ from the stage's is not used.
+have already happened beside the stage before. When the launcher says which
+stage comes next, the standby is prepared for it (its CPU policy fixed and
+its module, LightGBM included, imported) and runs only that stage with that
+CPU request. A standby runs one stage and exits; one whose environment would
+differ from the stage's is not used.
 """
 
 from __future__ import annotations
@@ -55,6 +58,15 @@ class _Standby:
     proc: subprocess.Popen[bytes]
     logfile: Path
     env: dict[str, str]
+    prepared: standby.Prepared | None  # None: fit for any stage
+
+    def fits(self, task: StageTask, env: dict[str, str]) -> bool:
+        return self.env == env and (self.prepared is None or self.prepared.fits(
+            task.stage, task.resources.cpu))
+
+
+# The launcher has not said what comes next: keep a standby fit for any stage.
+_UNKNOWN = standby.Prepared("")
 
 
 def _retire(spare: _Standby | None) -> None:
@@ -78,7 +90,8 @@ class LocalBackend(Backend[LocalHandle]):
         self._logdir = Path(self._tmp.name)
         self._standby: _Standby | None = None
         self._spawned = 0
-        self._more = True  # until the launcher says the next stage is its last
+        # the stage the launcher said it may start after the one it starts next
+        self._next: standby.Prepared | None = _UNKNOWN
         # A backend dropped without close() still lets its standby go.
         self._finalizer = weakref.finalize(self, _retire, None)
 
@@ -92,12 +105,12 @@ class LocalBackend(Backend[LocalHandle]):
             proc = self._spawn(stage_command(task), env, logfile, stdin=subprocess.DEVNULL)
         log.info("stage %s: running locally as pid %d%s", task.stage, proc.pid,
                  " (started ahead)" if taken else "")
-        if self.options.warm and self._more:
-            self._keep_standby()
+        if self.options.warm and self._next is not None:
+            self._keep_standby(None if self._next is _UNKNOWN else self._next)
         return LocalHandle(task, f"pid {proc.pid}", proc=proc, logfile=logfile)
 
-    def expect_more(self, more: bool) -> None:
-        self._more = more
+    def expect_next(self, stage: str | None, cpu: str | None = None) -> None:
+        self._next = None if stage is None else standby.Prepared(stage, cpu)
 
     def close(self) -> None:
         """Let the standby go (it exits on its closed stdin)."""
@@ -120,15 +133,18 @@ class LocalBackend(Backend[LocalHandle]):
             return subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT,
                                     stdin=stdin, env=env)
 
-    def _keep_standby(self) -> None:
-        if self._standby is not None and self._standby.proc.poll() is None:
+    def _keep_standby(self, prepared: standby.Prepared | None = None) -> None:
+        spare = self._standby
+        if spare is not None and spare.proc.poll() is None and spare.prepared == prepared:
             return
+        _retire(spare)
         self._spawned += 1
         env = self._env(None)
         logfile = self._logdir / f"standby-{self._spawned}.log"
-        proc = self._spawn([sys.executable, "-m", "batchline.stage", standby.FLAG], env,
-                           logfile, stdin=subprocess.PIPE)
-        self._standby = _Standby(proc, logfile, env)
+        command = [sys.executable, "-m", "batchline.stage", standby.FLAG,
+                   *(prepared.arguments() if prepared else [])]
+        proc = self._spawn(command, env, logfile, stdin=subprocess.PIPE)
+        self._standby = _Standby(proc, logfile, env, prepared)
         self._finalizer.detach()
         self._finalizer = weakref.finalize(self, _retire, self._standby)
 
@@ -138,7 +154,8 @@ class LocalBackend(Backend[LocalHandle]):
         spare, self._standby = self._standby, None
         if spare is None:
             return None
-        if spare.env != env or spare.proc.poll() is not None or spare.proc.stdin is None:
+        if not spare.fits(task, env) or spare.proc.poll() is not None or \
+                spare.proc.stdin is None:
             _retire(spare)
             return None
         try:

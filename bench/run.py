@@ -10,7 +10,9 @@ after `--hog-seconds`) occupies one core.
 
 Contenders: `batchline` (`batchline run jobs/readmission.yaml`, local
 backend), `limit` (bench/limit.py: the same work in one process, no
-orchestration), `pandas` (bench/pandas_baseline.py) and, with `--before
+orchestration), `handoffs` (bench/limit.py --handoffs: the limit plus the
+Parquet write and read at every stage boundary, the floor of any staged
+design), `pandas` (bench/pandas_baseline.py) and, with `--before
 DIR`, `before`: batchline from another source tree (e.g. `git archive main
 src | tar -x -C DIR`). Results are appended to bench/results.md as ratios to
 the limit.
@@ -179,9 +181,10 @@ def run_batchline(src: Path, store: Path, run_id: str, busy: float, pythonpath: 
     return m
 
 
-def run_limit(src: Path, data: Path, busy: float) -> Measured:
+def run_limit(src: Path, data: Path, busy: float, handoffs: bool = False) -> Measured:
     m = measure([sys.executable, str(HERE / "limit.py"), str(src / "encounters.csv"),
-                 str(data / "limit-out")], busy=busy)
+                 str(data / ("handoffs-out" if handoffs else "limit-out")),
+                 *(["--handoffs"] if handoffs else [])], busy=busy)
     if m.returncode == 0:
         line = next(x for x in m.output.splitlines() if x.startswith("{"))
         result = json.loads(line)
@@ -219,8 +222,8 @@ def bench(rows: int, data: Path, args: argparse.Namespace) -> dict[str, object]:
                     if who == "batchline" and mode == "quiet" and m.returncode == 0:
                         cached.append(run_batchline(src, store, f"bench-again-{round_no}",
                                                     0.0, None))
-                elif who == "limit":
-                    m = run_limit(src, data, hog)
+                elif who in ("limit", "handoffs"):
+                    m = run_limit(src, data, hog, handoffs=who == "handoffs")
                 else:
                     m = run_pandas(src, data, hog)
                 print(f"  {m.seconds}s {m.peak_rss_mb}MB {m.phases}", file=sys.stderr,
@@ -257,7 +260,9 @@ def report(results: list[dict[str, object]], args: argparse.Namespace) -> str:
         "of the rounds, contenders interleaved. Phases: a batchline stage's wall time from "
         "process start to exit (manifest attempts); the limit's phases timed inside its "
         "one process (its interpreter start and imports, about 1-3 s, count only in its "
-        "wall). Non-train = ingest + features + score. Busy: one core taken by a spin loop. "
+        "wall). Handoffs: the limit plus a Parquet write and read at each stage boundary "
+        "(DuckDB's reader and writer). "
+        "Non-train = ingest + features + score. Busy: one core taken by a spin loop. "
         "CPU s: user + system seconds of the whole process tree (the hog excluded), which "
         "other sessions on the machine disturb far less than wall time.",
         "",
@@ -325,7 +330,7 @@ def main() -> None:
     parser.add_argument("--hog-seconds", type=float, default=900.0,
                         help="upper bound of the hog's life (it is killed earlier)")
     parser.add_argument("--contenders", nargs="+", default=["batchline", "limit", "pandas"],
-                        choices=["batchline", "before", "limit", "pandas"])
+                        choices=["batchline", "before", "limit", "handoffs", "pandas"])
     parser.add_argument("--before", help="a source tree (with src/) to run as `before`")
     parser.add_argument("--out", default=str(HERE / "data"))
     parser.add_argument("--no-append", action="store_true",

@@ -75,3 +75,36 @@ def test_sigterm_ends_the_stage_promptly(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 143
     assert storage.read_success(task.outputs["features"]) is None
+
+
+def test_a_stage_process_ends_without_teardown_but_runs_its_exit_handlers(
+        tmp_path: Path) -> None:
+    # What the stage module's __main__ ends with: atexit handlers run (tempfile's and
+    # logging's cleanup), buffered output is flushed, and the code is kept.
+    marker = tmp_path / "handler-ran"
+    code = ("import atexit, sys\n"
+            "from batchline.stage import exit_without_teardown\n"
+            f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"
+            "sys.stdout.write('buffered, not flushed')\n"
+            "exit_without_teardown(3)\n"
+            "print('never reached')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 3
+    assert done.stdout == "buffered, not flushed"
+    assert marker.read_text() == "yes"
+
+
+def test_a_stage_process_waits_for_a_live_non_daemon_thread(tmp_path: Path) -> None:
+    marker = tmp_path / "thread-done"
+    code = ("import threading, time\n"
+            "from batchline.stage import exit_without_teardown\n"
+            "def late():\n"
+            "    time.sleep(0.5)\n"
+            f"    open({str(marker)!r}, 'w').write('done')\n"
+            "threading.Thread(target=late).start()\n"
+            "exit_without_teardown(4)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 4
+    assert marker.read_text() == "done"

@@ -20,11 +20,14 @@ if __name__ == "__main__":
     skip_optional_imports()
 
 import argparse
+import atexit
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -228,5 +231,25 @@ def _failed(stage: str, code: int, message: str) -> tuple[int, str]:
     return code, message
 
 
+def exit_without_teardown(code: int) -> None:
+    """End this stage process now, skipping the interpreter's teardown.
+
+    Everything a stage writes is closed and committed before main() returns,
+    and its summary is on stderr. What normal exit does after that is free
+    every module and object one by one: 0.1-0.15 s for a process that loaded
+    pyarrow, DuckDB and LightGBM, paid by every stage of every run. The atexit
+    handlers (logging's flush, tempfile's cleanup, pyarrow's S3 finalizer)
+    still run. A non-daemon thread still alive is waited for as usual.
+    """
+    if any(t is not threading.main_thread() and not t.daemon and t.is_alive()
+           for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed pipe must not change the code
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

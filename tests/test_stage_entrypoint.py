@@ -83,7 +83,7 @@ def test_a_stage_process_ends_without_teardown_but_runs_its_exit_handlers(
     # logging's cleanup), buffered output is flushed, and the code is kept.
     marker = tmp_path / "handler-ran"
     code = ("import atexit, sys\n"
-            "from batchline.stage import exit_without_teardown\n"
+            "from batchline.process_exit import exit_without_teardown\n"
             f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes'))\n"
             "sys.stdout.write('buffered, not flushed')\n"
             "exit_without_teardown(3)\n"
@@ -98,7 +98,7 @@ def test_a_stage_process_ends_without_teardown_but_runs_its_exit_handlers(
 def test_a_stage_process_waits_for_a_live_non_daemon_thread(tmp_path: Path) -> None:
     marker = tmp_path / "thread-done"
     code = ("import threading, time\n"
-            "from batchline.stage import exit_without_teardown\n"
+            "from batchline.process_exit import exit_without_teardown\n"
             "def late():\n"
             "    time.sleep(0.5)\n"
             f"    open({str(marker)!r}, 'w').write('done')\n"

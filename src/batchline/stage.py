@@ -20,14 +20,13 @@ if __name__ == "__main__":
     skip_optional_imports()
 
 import argparse
-import atexit
 import contextlib
+import importlib
 import json
 import logging
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from batchline import cpu, sagemaker_contract, standby, storage
 from batchline.causes import EXIT_BAD_INPUT, EXIT_OOM, EXIT_RETRYABLE
 from batchline.errors import BatchlineError, SpecError, StorageError
 from batchline.holds import hold_from_env
+from batchline.process_exit import exit_without_teardown
 from batchline.retry import PERMANENT_ERRNOS, describe, is_transient
 from batchline.sagemaker_contract import OPT_ML, SageMakerJob
 from batchline.stages import STAGES
@@ -45,6 +45,32 @@ from batchline.storage_errors import misconfiguration
 from batchline.task import StageTask
 
 log = logging.getLogger("batchline.stage")
+
+# Loaded by every standby (see batchline.standby) because they read nothing of
+# the task when imported. LightGBM is not among them: its OpenMP runtime reads
+# OMP_WAIT_POLICY and OMP_NUM_THREADS once, when it loads, and the task's CPU
+# budget sets them; a standby prepared for a stage loads it after fixing those.
+WARM_MODULES = ("pyarrow.parquet", "pyarrow.dataset", "pyarrow.compute", "duckdb")
+# What this process, as a standby, prepared for (None: nothing stage-specific).
+_prepared: standby.Prepared | None = None
+
+
+def warm_up(target: standby.Prepared | None) -> None:
+    """Import ahead; with a `target`, fix its CPU policy and import its stage module."""
+    global _prepared
+    for name in WARM_MODULES:
+        # An image without the module is one whose stage does not need it.
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    if target is None:
+        return
+    try:
+        cpu.apply(target.cpu)
+        STAGES[target.stage].load()
+    except Exception as exc:  # the stage meets the same problem and reports it itself
+        log.warning("standby: could not prepare for stage %s: %s", target.stage, exc)
+        return
+    _prepared = target
 
 
 def run_task(task: StageTask) -> dict[str, object]:
@@ -99,8 +125,7 @@ def set_cpu_policy(task: StageTask) -> None:
     """
     budget, policy = cpu.apply(task.resources.cpu)
     # A standby prepared for this very stage and CPU request loaded it under this policy.
-    ahead = standby.prepared is not None and standby.prepared.fits(task.stage,
-                                                                    task.resources.cpu)
+    ahead = _prepared is not None and _prepared.fits(task.stage, task.resources.cpu)
     if "lightgbm" in sys.modules and not ahead:
         log.warning("stage %s: LightGBM was imported before the CPU policy was set; "
                     "OpenMP may spin (OMP_WAIT_POLICY not applied)", task.stage)
@@ -127,7 +152,7 @@ def _terminated(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None, opt_ml: Path = OPT_ML) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if standby.is_standby(argv):
-        standby.warm_up(standby.target_of(argv))
+        warm_up(standby.target_of(argv))
         argv = standby.await_arguments(sys.stdin)
         if argv is None:
             return 0  # nothing came: the run ended, or its launcher is gone
@@ -229,26 +254,6 @@ def _failed(stage: str, code: int, message: str) -> tuple[int, str]:
     log.error("stage %s: %s", stage, message)
     print(json.dumps({"ok": False, "error": message}), file=sys.stderr)
     return code, message
-
-
-def exit_without_teardown(code: int) -> None:
-    """End this stage process now, skipping the interpreter's teardown.
-
-    Everything a stage writes is closed and committed before main() returns,
-    and its summary is on stderr. What normal exit does after that is free
-    every module and object one by one: 0.1-0.15 s for a process that loaded
-    pyarrow, DuckDB and LightGBM, paid by every stage of every run. The atexit
-    handlers (logging's flush, tempfile's cleanup, pyarrow's S3 finalizer)
-    still run. A non-daemon thread still alive is waited for as usual.
-    """
-    if any(t is not threading.main_thread() and not t.daemon and t.is_alive()
-           for t in threading.enumerate()):
-        sys.exit(code)
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):  # a closed pipe must not change the code
-            stream.flush()
-    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -17,25 +17,19 @@ backend starts any other stage cold.
 
 A standby whose stdin closes before any arguments arrive (the run ended, or
 the launcher died) exits 0 without doing anything.
+
+This module is the protocol between the two sides (the backend that starts
+and feeds a standby, and batchline.stage, which warms up): it imports no
+stage code.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib
 import json
-import logging
 from dataclasses import dataclass
 from typing import TextIO
 
 FLAG = "--standby"
-
-# Loaded ahead because they read nothing of the task when imported. LightGBM
-# is not among them: its OpenMP runtime reads OMP_WAIT_POLICY and
-# OMP_NUM_THREADS once, when it loads, and the task's CPU budget sets them.
-WARM_MODULES = ("pyarrow.parquet", "pyarrow.dataset", "pyarrow.compute", "duckdb")
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,10 +46,6 @@ class Prepared:
         return self.stage == stage and (self.cpu or None) == (cpu or None)
 
 
-# What this process prepared for, once warm_up() did (None: nothing stage-specific).
-prepared: Prepared | None = None
-
-
 def is_standby(argv: list[str]) -> bool:
     return bool(argv) and argv[0] == FLAG
 
@@ -69,27 +59,6 @@ def target_of(argv: list[str]) -> Prepared | None:
         return Prepared(rest[1], rest[3] if len(rest) == 4 else None)
     raise ValueError(f"a standby stage process takes {FLAG} [--prepare STAGE [--cpu CPU]], "
                      f"got {' '.join(argv)!r}")
-
-
-def warm_up(target: Prepared | None = None) -> None:
-    """Import ahead; with a `target`, fix its CPU policy and import its stage module."""
-    global prepared
-    for name in WARM_MODULES:
-        # An image without the module is one whose stage does not need it.
-        with contextlib.suppress(ImportError):
-            importlib.import_module(name)
-    if target is None:
-        return
-    from batchline import cpu
-    from batchline.stages import STAGES
-
-    try:
-        cpu.apply(target.cpu)
-        STAGES[target.stage].load()
-    except Exception as exc:  # the stage meets the same problem and reports it itself
-        log.warning("standby: could not prepare for stage %s: %s", target.stage, exc)
-        return
-    prepared = target
 
 
 def await_arguments(stream: TextIO) -> list[str] | None:

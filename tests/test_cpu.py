@@ -121,8 +121,8 @@ def test_apply_sets_the_environment_for_openmp() -> None:
         cpu.apply("1", {cpu.WORKERS_ENV: "0"})
 
 
-def test_stage_entrypoint_sets_the_policy_before_lightgbm_loads(tmp_path: Path) -> None:
-    # A real stage process: the environment LightGBM's OpenMP sees, and the log line.
+def _train_task_with_one_cpu(tmp_path: Path) -> tuple[str, dict[str, str]]:
+    """A train task (cpu 1, num_threads 4) whose input is missing, and a clean environment."""
     from batchline.task import Resources, StageTask
 
     task = StageTask(run_id="r1", stage="train", inputs={"features": str(tmp_path / "none")},
@@ -132,9 +132,14 @@ def test_stage_entrypoint_sets_the_policy_before_lightgbm_loads(tmp_path: Path) 
                      cache_key="k", resources=Resources(cpu="1"))
     (tmp_path / "task.json").write_text(task.to_json())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "BATCHLINE_"))}
-    done = subprocess.run([sys.executable, "-m", "batchline.stage", "train", "--task",
-                           str(tmp_path / "task.json")], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return task.task_uri, env
+
+
+def test_stage_entrypoint_sets_the_policy_before_lightgbm_loads(tmp_path: Path) -> None:
+    # A real stage process: the environment LightGBM's OpenMP sees, and the log line.
+    uri, env = _train_task_with_one_cpu(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "batchline.stage", "train", "--task", uri],
+                          env=env, capture_output=True, text=True, timeout=60)
     assert "stage train: 1 threads (num_threads 4); CPU available 1" in done.stderr
     assert "OpenMP wait policy passive" in done.stderr
     assert "imported before the CPU policy" not in done.stderr
@@ -147,18 +152,11 @@ def test_a_standby_prepared_for_train_loads_lightgbm_under_the_task_policy(
     # LightGBM, so the task (cpu 1) finds it right; one prepared with cpu 2 did not, and
     # the stage says so (the local backend never hands it such a task).
     from batchline import standby
-    from batchline.task import Resources, StageTask
 
-    task = StageTask(run_id="r1", stage="train", inputs={"features": str(tmp_path / "none")},
-                     outputs={"model": str(tmp_path / "model")}, params={"label": "y",
-                     "split": {"kind": "random"}, "num_threads": 4},
-                     storage_root=str(tmp_path), task_uri=str(tmp_path / "task.json"),
-                     cache_key="k", resources=Resources(cpu="1"))
-    (tmp_path / "task.json").write_text(task.to_json())
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "BATCHLINE_"))}
+    uri, env = _train_task_with_one_cpu(tmp_path)
     arguments = standby.Prepared("train", prepared_cpu).arguments()
     done = subprocess.run([sys.executable, "-m", "batchline.stage", standby.FLAG, *arguments],
-                          input=standby.encode(["train", "--task", str(tmp_path / "task.json")]),
+                          input=standby.encode(["train", "--task", uri]),
                           env=env, capture_output=True, timeout=60)
     err = done.stderr.decode()
     assert "stage train: 1 threads (num_threads 4); CPU available 1" in err

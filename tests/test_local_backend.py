@@ -10,7 +10,7 @@ import pytest
 from conftest import RUNAWAY_FEATURES, committed_encounters, eventually
 
 from batchline import layout, standby, storage
-from batchline.backends.local import LocalBackend
+from batchline.backends.local import LocalBackend, LocalHandle, _Standby
 from batchline.task import Cause, Resources, StageTask
 
 
@@ -103,15 +103,22 @@ def _maps(pid: int) -> str:
         return ""
 
 
-def test_a_standby_prepared_for_the_next_stage_has_its_libraries_loaded(
-        tmp_path: Path, demo_csv: Path) -> None:
+def _prepared_for(stage: str, cpu: str, tmp_path: Path, demo_csv: Path
+                  ) -> tuple[LocalBackend, str, str, LocalHandle, _Standby]:
+    """A backend told that `stage` (with `cpu`) comes next, running a features task."""
     root = str(tmp_path / "store")
     encounters = committed_encounters(root, demo_csv)
     backend = LocalBackend(grace_seconds=1)
-    backend.expect_next("train", "1")
+    backend.expect_next(stage, cpu)
     first = backend.submit(_features_task(root, encounters, timeout=60))
     spare = backend._standby
-    assert spare is not None and spare.prepared == standby.Prepared("train", "1")
+    assert spare is not None and spare.prepared == standby.Prepared(stage, cpu)
+    return backend, root, encounters, first, spare
+
+
+def test_a_standby_prepared_for_the_next_stage_has_its_libraries_loaded(
+        tmp_path: Path, demo_csv: Path) -> None:
+    backend, root, encounters, first, spare = _prepared_for("train", "1", tmp_path, demo_csv)
     # Before any task came, it fixed train's CPU policy and loaded LightGBM under it.
     eventually(lambda: "lib_lightgbm" in _maps(spare.proc.pid), timeout=60,
                what="the standby prepared for train to load LightGBM")
@@ -128,13 +135,9 @@ def test_a_standby_prepared_for_the_next_stage_has_its_libraries_loaded(
 
 def test_a_standby_prepared_for_a_stage_runs_it_only_with_the_same_cpu(
         tmp_path: Path, demo_csv: Path) -> None:
-    root = str(tmp_path / "store")
-    encounters = committed_encounters(root, demo_csv)
-    backend = LocalBackend(grace_seconds=1)
-    backend.expect_next("features", "1")
-    backend.stop(backend.submit(_features_task(root, encounters, timeout=60)))
-    spare = backend._standby
-    assert spare is not None and spare.prepared == standby.Prepared("features", "1")
+    backend, root, encounters, first, spare = _prepared_for("features", "1", tmp_path,
+                                                             demo_csv)
+    backend.stop(first)
     other_cpu = backend.submit(_features_task(root, encounters, timeout=60, attempt=2,
                                               cpu="2"))
     assert other_cpu.proc is not None and other_cpu.proc.pid != spare.proc.pid
@@ -146,10 +149,10 @@ def test_a_standby_prepared_for_a_stage_runs_it_only_with_the_same_cpu(
     task = _features_task(root, encounters, timeout=120, attempt=3)
     task.params.update(sql="SELECT * FROM encounters", order_by=["encounter_id"])
     storage.write_text(task.task_uri, task.to_json())
-    spare = backend._standby
-    assert spare is not None
+    again = backend._standby
+    assert again is not None and again.prepared == standby.Prepared("features", "1")
     matched = backend.submit(task)
-    assert matched.proc is not None and matched.proc.pid == spare.proc.pid
+    assert matched.proc is not None and matched.proc.pid == again.proc.pid
     assert backend.wait(matched).cause is Cause.SUCCEEDED
     logs = backend.stored_logs(matched)
     assert "stage features: starting (run l1, attempt 3" in logs

@@ -104,6 +104,20 @@ def test_one_quantity_parser_refuses_what_backends_cannot_honour(field: str,
         load_spec(SPEC, {f"stages.train.resources.{field}": value})
 
 
+def test_cpu_and_memory_may_be_numbers_as_in_kubernetes() -> None:
+    # `--set ...cpu=2` and `cpu: 2` in YAML are numbers; Kubernetes takes them too.
+    spec = load_spec(SPEC, parse_set(["stages.score.resources.cpu=2",
+                                      "stages.train.resources.cpu=0.5",
+                                      "stages.train.resources.memory=4294967296"]))
+    assert spec.stages["score"].resources.cpu == "2"
+    assert spec.stages["train"].resources.cpu == "0.5"
+    assert spec.stages["train"].resources.memory == "4294967296"
+    with pytest.raises(SpecError, match=r"stages\.score\.resources\.cpu: must be text"):
+        load_spec(SPEC, parse_set(["stages.score.resources.cpu=true"]))
+    with pytest.raises(SpecError, match=r"stages\.score\.resources\.cpu"):
+        load_spec(SPEC, parse_set(["stages.score.resources.cpu=0"]))
+
+
 def test_backend_options_are_validated_by_the_backend(tmp_path: Path) -> None:
     data = _spec_data()
     data["kubernetes"]["namespaec"] = "x"

@@ -53,6 +53,14 @@ class ResourcesSpec(_Model):
     memory: str = "2Gi"
     timeout_seconds: int = Field(3600, ge=10, le=7 * 24 * 3600)
 
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _number_as_text(cls, value: Any) -> Any:
+        # Kubernetes takes `cpu: 2` or `memory: 1073741824` as numbers too (so does --set).
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        return value
+
     @field_validator("cpu")
     @classmethod
     def _cpu(cls, value: str) -> str:

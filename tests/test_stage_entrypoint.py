@@ -96,15 +96,22 @@ def test_a_stage_process_ends_without_teardown_but_runs_its_exit_handlers(
 
 
 def test_a_stage_process_waits_for_a_live_non_daemon_thread(tmp_path: Path) -> None:
+    # The thread finishes only when this test closes the child's stdin, after the child
+    # has said it is exiting: an os._exit there would lose the thread's write.
     marker = tmp_path / "thread-done"
-    code = ("import threading, time\n"
+    code = ("import sys, threading\n"
             "from batchline.process_exit import exit_without_teardown\n"
             "def late():\n"
-            "    time.sleep(0.5)\n"
+            "    sys.stdin.read()\n"
             f"    open({str(marker)!r}, 'w').write('done')\n"
             "threading.Thread(target=late).start()\n"
+            "print('exiting', flush=True)\n"
             "exit_without_teardown(4)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 4
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdin is not None
+    assert child.stdout.readline() == "exiting\n"
+    assert not marker.exists()
+    child.stdin.close()
+    assert child.wait(timeout=60) == 4
     assert marker.read_text() == "done"

@@ -175,10 +175,10 @@ class Launcher:
             self._set_run_state(RunState.RUNNING)
             needed = self.pipeline.needed(self.selected)
             for position, stage in enumerate(self.pipeline.order):
-                later = [s for s in self.pipeline.order[position + 1:] if s in needed]
-                self.backend.expect_next(
-                    later[0] if later else None,
-                    self.spec.stages[later[0]].resources.cpu if later else None)
+                following = next((s for s in self.pipeline.order[position + 1:]
+                                  if s in needed), None)
+                self.backend.expect_next(following, None if following is None else
+                                         self.spec.stages[following].resources.cpu)
                 if stage not in needed:
                     if not self.manifest.stage(stage).state.done:
                         self._event(stage, StageState.SKIPPED,

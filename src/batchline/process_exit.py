@@ -28,6 +28,8 @@ def exit_without_teardown(code: int) -> NoReturn:
     if any(t is not threading.main_thread() and not t.daemon and t.is_alive()
            for t in threading.enumerate()):
         sys.exit(code)
+    # CPython's own (undocumented) hook for what a normal exit runs: the registered
+    # handlers, in reverse order, each once.
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed pipe must not change the code

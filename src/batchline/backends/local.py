@@ -65,10 +65,6 @@ class _Standby:
             task.stage, task.resources.cpu))
 
 
-# The launcher has not said what comes next: keep a standby fit for any stage.
-_UNKNOWN = standby.Prepared("")
-
-
 def _retire(spare: _Standby | None) -> None:
     """Close a standby's stdin: it exits without running anything."""
     if spare is not None and spare.proc.stdin is not None:
@@ -90,8 +86,9 @@ class LocalBackend(Backend[LocalHandle]):
         self._logdir = Path(self._tmp.name)
         self._standby: _Standby | None = None
         self._spawned = 0
-        # the stage the launcher said it may start after the one it starts next
-        self._next: standby.Prepared | None = _UNKNOWN
+        self._more = True  # until the launcher says no other stage follows
+        # the stage it said may follow, to prepare the standby for (None: fit for any)
+        self._prepare: standby.Prepared | None = None
         # A backend dropped without close() still lets its standby go.
         self._finalizer = weakref.finalize(self, _retire, None)
 
@@ -105,12 +102,13 @@ class LocalBackend(Backend[LocalHandle]):
             proc = self._spawn(stage_command(task), env, logfile, stdin=subprocess.DEVNULL)
         log.info("stage %s: running locally as pid %d%s", task.stage, proc.pid,
                  " (started ahead)" if taken else "")
-        if self.options.warm and self._next is not None:
-            self._keep_standby(None if self._next is _UNKNOWN else self._next)
+        if self.options.warm and self._more:
+            self._keep_standby(self._prepare)
         return LocalHandle(task, f"pid {proc.pid}", proc=proc, logfile=logfile)
 
     def expect_next(self, stage: str | None, cpu: str | None = None) -> None:
-        self._next = None if stage is None else standby.Prepared(stage, cpu)
+        self._more = stage is not None
+        self._prepare = None if stage is None else standby.Prepared(stage, cpu)
 
     def close(self) -> None:
         """Let the standby go (it exits on its closed stdin)."""
